@@ -1,0 +1,36 @@
+# The two commands a newcomer needs are `make demo` and `make test`; both set up
+# everything themselves (scripts/bootstrap.sh). The rest are for development.
+SHELL := /bin/bash
+VENV := .venv/bin
+export PATH := $(HOME)/.cache/meterstream/bin:$(PATH)
+
+.PHONY: demo test lint bench reliability soak bootstrap
+
+bootstrap:
+	scripts/bootstrap.sh
+
+## Run the main job end to end on the local defaults: broker, emulator, sample usage, connector.
+demo:
+	scripts/bootstrap.sh --no-helm
+	$(VENV)/meterstream demo
+
+## The whole test suite: lint, types, Dockerfile lint, unit, integration and chart tests.
+test: bootstrap lint
+	$(VENV)/python -m pytest
+
+lint:
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/mypy
+	$(VENV)/hadolint Dockerfile
+
+## Throughput benchmark (issue 5): writes bench/results/latest.json and a PNG chart.
+bench: bootstrap
+	$(VENV)/python -m bench.run
+
+## The reliability report's fast part (also inside `make test`) and the soak run.
+reliability: bootstrap
+	$(VENV)/python -m pytest tests/reliability -q
+
+soak: bootstrap
+	$(VENV)/python -m bench.soak

@@ -1,0 +1,116 @@
+"""The ``meterstream`` command: one subcommand per job, each with its own ``--help``.
+
+Subcommands live in the module that owns them (``add_arguments(parser)`` and
+``main(args) -> int``) and are imported only when chosen, so ``--help`` stays fast.
+Errors end as one clear line on stderr (exit 2 for bad configuration, 1 otherwise);
+``--debug`` or ``METERSTREAM_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from connector import __version__
+from connector.errors import ConfigError, MeterstreamError
+
+#: (name, module, one-line help, description). Modules provide add_arguments() and main().
+SUBCOMMANDS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "run",
+        "connector.runner",
+        "stream usage records from Kafka into Stripe meter events",
+        "Consume usage records, send them to Stripe's meter event stream in batches of up "
+        "to 100, dead-letter what cannot be billed, and commit offsets only after success. "
+        "Runs until SIGTERM/SIGINT, then hands over cleanly and exits 0.",
+    ),
+    (
+        "check-config",
+        "connector.runner",
+        "validate a config file and print the effective config (secrets redacted)",
+        "Load the config file and the environment overrides, validate every key and print "
+        "the effective configuration as YAML with secrets redacted. Exit 2 naming each bad "
+        "key.",
+    ),
+    (
+        "emulator",
+        "connector.emulator.cli",
+        "serve a local stand-in for Stripe's meter APIs (development, tests, demo)",
+        "Serve both Stripe hosts (api and meter_events) on one port, following Stripe's "
+        "meter event session and stream contract, with knobs for latency and faults.",
+    ),
+    (
+        "local-kafka",
+        "connector.localkafka.cli",
+        "run a single-node Apache Kafka broker on loopback (development)",
+        "Fetch the Apache Kafka jars from Maven Central once (cached), then run a "
+        "single-node KRaft broker on loopback until interrupted.",
+    ),
+    (
+        "demo",
+        "connector.demo",
+        "the whole pipeline on the local defaults: broker, emulator, sample usage, connector",
+        "Start a local broker and the emulator, produce realistic sample usage (with a few "
+        "bad records), run the connector until idle, and print what was billed.",
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser; subcommand modules are imported to add their own arguments."""
+    parser = argparse.ArgumentParser(
+        prog="meterstream",
+        description="Stream usage records from Kafka into Stripe Billing meters: every "
+        "record billed once, none lost, bad records kept in a dead-letter topic.",
+    )
+    parser.add_argument("--version", action="version", version=f"meterstream {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=os.environ.get("METERSTREAM_DEBUG") == "1",
+        help="show full tracebacks on errors (also METERSTREAM_DEBUG=1)",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name, summary, description in SUBCOMMANDS:
+        sub = subparsers.add_parser(name, help=summary, description=description)
+        module = importlib.import_module(module_name)
+        adder = getattr(module, f"add_{name.replace('-', '_')}_arguments", None)
+        if adder is None:
+            adder = module.add_arguments
+        adder(sub)
+        runner = getattr(module, f"{name.replace('-', '_')}_main", None)
+        sub.set_defaults(handler=runner if runner is not None else module.main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``meterstream`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except KeyboardInterrupt:
+        return 130
+    except ConfigError as exc:
+        if args.debug:
+            raise
+        print(f"meterstream: {exc}", file=sys.stderr)
+        return 2
+    except MeterstreamError as exc:
+        if args.debug:
+            raise
+        print(f"meterstream: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"meterstream: unexpected {type(exc).__name__}: {exc} (run with --debug for the "
+            "traceback)",
+            file=sys.stderr,
+        )
+        return 1

@@ -1,0 +1,346 @@
+"""The effective configuration: a YAML file, overridden by the environment, validated once.
+
+Precedence, highest first: ``METERSTREAM_<SECTION>__<KEY>`` environment variables (and
+``STRIPE_API_KEY`` for ``stripe.api_key``), then the YAML file, then the defaults below,
+a broker on 127.0.0.1:9092 and Stripe itself.
+Stripe's URLs are the defaults; the demo and tests point both at the local emulator.
+Every model is frozen: configuration is read once at start-up and never mutated.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from connector.errors import ConfigError
+
+#: Stripe accepts at most 100 events per meter_event_stream request.
+STRIPE_MAX_EVENTS_PER_REQUEST = 100
+#: A meter event session token lives 15 minutes; renewing later than that is pointless.
+STRIPE_SESSION_LIFETIME_SECONDS = 900.0
+#: The local emulator's documented default port (``meterstream emulator``).
+EMULATOR_DEFAULT_PORT = 12111
+
+LibrdkafkaValue = str | int | float | bool
+
+#: librdkafka keys whose values are secrets: redacted by ``redacted_dict``.
+_SECRET_KEY_PARTS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "token")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaConfig(_Section):
+    """Where usage records come from and where dead letters go."""
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1)
+    group_id: str = Field("meterstream", min_length=1)
+    topics: list[str] = Field(default_factory=lambda: ["usage"], min_length=1)
+    dead_letter_topic: str = Field("usage.dlq", min_length=1)
+    #: Where a new consumer group starts. Billing never skips usage, so ``earliest``.
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    #: Extra librdkafka consumer properties (security.protocol, sasl.*, ssl.*, ...).
+    consumer: dict[str, LibrdkafkaValue] = Field(default_factory=dict)
+    #: Extra librdkafka properties for the dead-letter producer.
+    producer: dict[str, LibrdkafkaValue] = Field(default_factory=dict)
+    #: Records taken from librdkafka per poll; bigger amortises Python overhead.
+    poll_max_records: int = Field(1000, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _dlq_not_a_source(self) -> KafkaConfig:
+        if self.dead_letter_topic in self.topics:
+            raise ValueError(
+                "kafka.dead_letter_topic must differ from every topic in kafka.topics "
+                "(dead letters would be consumed and billed)"
+            )
+        return self
+
+    def common_properties(self) -> dict[str, LibrdkafkaValue]:
+        """Connection properties shared by the consumer and the dead-letter producer."""
+        return {"bootstrap.servers": self.bootstrap_servers}
+
+
+class StripeConfig(_Section):
+    """How to reach Stripe (or the local emulator)."""
+
+    #: Secret or restricted key. Prefer the STRIPE_API_KEY environment variable.
+    api_key: SecretStr | None = None
+    api_base: str = "https://api.stripe.com"
+    #: The high-throughput host; a different host from api_base at Stripe.
+    meter_events_base: str = "https://meter-events.stripe.com"
+    stripe_version: str = Field("2026-10-28.endive", min_length=1)
+    #: Per-request timeout; a timeout is an outage (retried), never bad data.
+    request_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    #: Renew the session this long before ``expires_at``.
+    session_renew_margin_seconds: float = Field(
+        60.0, ge=0, lt=STRIPE_SESSION_LIFETIME_SECONDS
+    )
+
+    @model_validator(mode="after")
+    def _bases_are_urls(self) -> StripeConfig:
+        for name in ("api_base", "meter_events_base"):
+            value = getattr(self, name)
+            if not value.startswith(("http://", "https://")):
+                raise ValueError(f"stripe.{name} must start with http:// or https://")
+        return self
+
+
+class FanOutMeter(_Section):
+    """One meter fed from each record: fan-out turns a record into one event per entry."""
+
+    #: The meter's event name (a constant).
+    event_name: str = Field(min_length=1, max_length=100)
+    #: Dotted path to this meter's value in the record.
+    value: str = Field(min_length=1)
+    customer_payload_key: str | None = None
+    value_payload_key: str | None = None
+    #: When the value path is absent: skip this meter for the record instead of dead-lettering.
+    optional: bool = False
+
+
+class MappingConfig(_Section):
+    """Where each meter event field comes from in a record (dotted paths)."""
+
+    event_name: str | None = "event_name"
+    #: A fixed event name for every record (instead of reading ``event_name``).
+    constant_event_name: str | None = Field(None, min_length=1, max_length=100)
+    customer: str = Field("customer", min_length=1)
+    value: str = Field("value", min_length=1)
+    #: Absent or null in a record: the Kafka record timestamp is used.
+    timestamp: str | None = "timestamp"
+    #: Absent: derived from (topic, partition, offset) so a resend reuses it (DESIGN 3.2).
+    identifier: str | None = "id"
+    #: The meter's ``customer_mapping.event_payload_key``.
+    customer_payload_key: str = Field("stripe_customer_id", min_length=1)
+    #: The meter's ``value_settings.event_payload_key``.
+    value_payload_key: str = Field("value", min_length=1)
+    #: Dotted paths copied into the payload as strings (meter dimensions). null: every extra
+    #: top-level string field of a canonical usage record.
+    dimensions: list[str] | None = None
+    #: Negative values are refused unless a team sends corrections.
+    allow_negative_values: bool = False
+    #: One event per entry instead of one per record (e.g. input and output tokens).
+    fan_out: list[FanOutMeter] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _has_event_name(self) -> MappingConfig:
+        if not self.fan_out and not self.event_name and not self.constant_event_name:
+            raise ValueError(
+                "set mapping.event_name (a path), mapping.constant_event_name, or mapping.fan_out"
+            )
+        return self
+
+
+class RecordsConfig(_Section):
+    """Limits on incoming records."""
+
+    #: Larger records are dead-lettered (reason record_too_large) without being parsed.
+    max_bytes: int = Field(1_048_576, ge=64, le=64 * 1_048_576)
+
+
+class BatchingConfig(_Section):
+    """How events are grouped into requests and how much work may be outstanding."""
+
+    max_events: int = Field(STRIPE_MAX_EVENTS_PER_REQUEST, ge=1, le=STRIPE_MAX_EVENTS_PER_REQUEST)
+    #: How long a partly filled batch waits for more events.
+    linger_ms: int = Field(50, ge=0, le=60_000)
+    #: Concurrent requests per process.
+    max_in_flight: int = Field(32, ge=1, le=1024)
+    #: Records consumed but not yet resolved; at this bound fetching pauses (DESIGN 3.5).
+    max_buffered_records: int = Field(20_000, ge=1, le=10_000_000)
+
+
+class DeliveryConfig(_Section):
+    """Retry policy for outages (429, 5xx, timeouts, connection errors)."""
+
+    backoff_initial_seconds: float = Field(0.2, gt=0, le=60)
+    backoff_max_seconds: float = Field(30.0, gt=0, le=3600)
+    #: After failing this long without a success, the process reports not-ready.
+    not_ready_after_seconds: float = Field(30.0, gt=0, le=3600)
+
+
+class RateLimitConfig(_Section):
+    """An account-wide budget, shared evenly by every process of the deployment."""
+
+    account_requests_per_second: float | None = Field(None, gt=0)
+    account_events_per_second: float | None = Field(None, gt=0)
+    #: How many pods share the budget; each process takes budget / (replicas * workers).
+    replicas: int = Field(1, ge=1)
+
+
+class CommitConfig(_Section):
+    """How often resolved offsets are committed (Stripe dedupes identifiers for 24 h only)."""
+
+    interval_ms: int = Field(1000, ge=10, le=60_000)
+
+
+class ShutdownConfig(_Section):
+    """The hand-over budget on SIGTERM or partition revocation (DESIGN 3.6)."""
+
+    drain_timeout_seconds: float = Field(20.0, gt=0, le=600)
+
+
+class MetricsConfig(_Section):
+    """The HTTP port for /metrics, /livez and /readyz."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(9464, ge=0, le=65535)
+    #: /livez fails when the loop's last heartbeat is older than this.
+    liveness_max_age_seconds: float = Field(60.0, gt=0)
+
+
+class LoggingConfig(_Section):
+    """Log level and format."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class MeterstreamConfig(BaseSettings):
+    """The whole configuration; see README 'Configuration' for every key."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix="METERSTREAM_",
+        env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
+    )
+
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    stripe: StripeConfig = Field(default_factory=StripeConfig)
+    mapping: MappingConfig = Field(default_factory=MappingConfig)
+    records: RecordsConfig = Field(default_factory=RecordsConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    commit: CommitConfig = Field(default_factory=CommitConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (passed as init kwargs), as operators expect.
+        return (env_settings, init_settings)
+
+    def redacted_dict(self) -> dict[str, Any]:
+        """The effective configuration with every secret replaced by ``**********``."""
+        data = self.model_dump(mode="json")
+        if self.stripe.api_key is not None:
+            data["stripe"]["api_key"] = "**********"
+        for section in ("consumer", "producer"):
+            props = data["kafka"][section]
+            for key in props:
+                if any(part in key.lower() for part in _SECRET_KEY_PARTS):
+                    props[key] = "**********"
+        return data
+
+    def require_api_key(self) -> SecretStr:
+        """The API key, or a ConfigError that says where to put it."""
+        if self.stripe.api_key is None or not self.stripe.api_key.get_secret_value():
+            raise ConfigError(
+                [
+                    (
+                        "stripe.api_key",
+                        "missing: set the STRIPE_API_KEY environment variable "
+                        "(or stripe.api_key in the config file)",
+                    )
+                ]
+            )
+        return self.stripe.api_key
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([("--config", f"file not found: {path}")]) from None
+    except OSError as exc:
+        raise ConfigError([("--config", f"cannot read {path}: {exc.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([("--config", f"{path} is not valid YAML{where}")]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([("--config", f"{path} must hold a mapping of sections at the top")])
+    return data
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors(include_url=False, include_input=False):
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key: remove it or check its spelling against the README"
+        problems.append((key, message))
+    return problems
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> MeterstreamConfig:
+    """Read, merge and validate the configuration; raise ConfigError naming each bad key.
+
+    ``path`` falls back to ``METERSTREAM_CONFIG``; with neither, only defaults and the
+    environment apply. ``overrides`` (a nested dict) win over the file, for tests and CLIs.
+    """
+    env = os.environ if environ is None else environ
+    if path is None and env.get("METERSTREAM_CONFIG"):
+        path = env["METERSTREAM_CONFIG"]
+    data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    if overrides:
+        data = _deep_merge(data, overrides)
+    api_key = env.get("STRIPE_API_KEY")
+    if api_key and "METERSTREAM_STRIPE__API_KEY" not in env:
+        data = _deep_merge(data, {"stripe": {"api_key": api_key}})
+    saved = None
+    if environ is not None:
+        # pydantic-settings reads os.environ; swap in the given mapping for this call.
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(environ)
+    try:
+        return MeterstreamConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from None
+    finally:
+        if saved is not None:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Set up everything meterstream's demo and tests need, idempotently:
+#   .venv with the package and its test/dev extras (reinstalled when pyproject.toml changes),
+#   the Apache Kafka jars from Maven Central (cached in ~/.cache/meterstream),
+#   helm built with Go (cached in ~/.cache/meterstream/bin).
+# Usage: scripts/bootstrap.sh [--no-helm]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_helm=1
+[[ "${1:-}" == "--no-helm" ]] && want_helm=0
+
+HELM_VERSION="v3.19.5"
+CACHE="${METERSTREAM_CACHE:-$HOME/.cache/meterstream}"
+PY="${PYTHON:-python3}"
+
+need() { command -v "$1" >/dev/null 2>&1 || { echo "bootstrap: '$1' is required but not installed: $2" >&2; exit 1; }; }
+need "$PY" "install Python 3.11 or newer"
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "bootstrap: Python >= 3.11 is required ($PY is $("$PY" -V 2>&1))" >&2; exit 1; }
+
+# 1. The virtualenv, reinstalled only when pyproject.toml changes.
+if [[ ! -x .venv/bin/python ]]; then
+  echo "bootstrap: creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=".venv/.meterstream-installed"
+digest=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$digest" ]]; then
+  echo "bootstrap: installing meterstream and its dependencies into .venv"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  echo "$digest" > "$stamp"
+fi
+
+# 2. The Kafka broker jars (the local broker for tests, demo and benchmarks).
+if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
+  need java "install a JDK (17 or newer), e.g. apt-get install openjdk-17-jre-headless"
+  need mvn "install Maven, e.g. apt-get install maven"
+  .venv/bin/python -m connector.localkafka fetch
+fi
+
+# 3. helm, built from source with Go at a pinned version.
+if [[ $want_helm == 1 && ! -x "$CACHE/bin/helm" ]]; then
+  need go "install Go to build helm (go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION)"
+  echo "bootstrap: building helm $HELM_VERSION with Go (once; cached in $CACHE/bin)"
+  mkdir -p "$CACHE/bin"
+  GOBIN="$CACHE/bin" GOFLAGS=-buildvcs=false go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+fi
+echo "bootstrap: ready"
