@@ -82,9 +82,7 @@ class StripeConfig(_Section):
     #: Per-request timeout; a timeout is an outage (retried), never bad data.
     request_timeout_seconds: float = Field(10.0, gt=0, le=300)
     #: Renew the session this long before ``expires_at``.
-    session_renew_margin_seconds: float = Field(
-        60.0, ge=0, lt=STRIPE_SESSION_LIFETIME_SECONDS
-    )
+    session_renew_margin_seconds: float = Field(60.0, ge=0, lt=STRIPE_SESSION_LIFETIME_SECONDS)
 
     @model_validator(mode="after")
     def _bases_are_urls(self) -> StripeConfig:

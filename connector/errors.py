@@ -7,7 +7,7 @@
     │   ├── BackoffError         outage (429, 5xx, timeout, connection): wait, retry, never DLQ
     │   ├── AuthenticationError  the API key was refused: not ready, retry slowly, never DLQ
     │   ├── SessionExpiredError  the session token expired: renew, resend the same batch once
-    │   └── RejectedBatchError   Stripe refused the batch as invalid: split, dead-letter the culprits
+    │   └── RejectedBatchError   refused as invalid: split, dead-letter the culprits
     ├── DeadLetterError          the dead-letter topic cannot be written: hold commits, not ready
     └── LocalKafkaError          the local development broker could not be fetched or started
 

@@ -1,0 +1,185 @@
+"""The dead-letter producer: unbillable records kept with the reason, never lost.
+
+The original key, value and headers are written unchanged, plus ``meterstream.*`` headers
+saying why and where from (DESIGN 4). The producer is idempotent; a record's offset is
+resolved only from the delivery report, and a failed delivery is tried again (with
+backoff) instead of being dropped, so no commit passes a record the DLQ has not confirmed.
+
+Headers added (all UTF-8 strings):
+
+    meterstream.reason            a stable code from connector.errors.DEAD_LETTER_REASONS
+    meterstream.message           what is wrong, for a human
+    meterstream.request_id        Stripe's Request-Id (rejected_by_stripe, session_expired)
+    meterstream.event_name        the event at fault (fan-out records send several)
+    meterstream.event_identifier  its identifier
+    meterstream.source.topic / .partition / .offset / .timestamp (ms since the epoch)
+    meterstream.version           the connector version that dead-lettered it
+    meterstream.attempts          how many times Stripe was asked (0 for local rejections)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+from connector import __version__, metrics
+from connector.config import KafkaConfig
+from connector.errors import DeadLetterReason
+from connector.mapping import MeterEventBody
+from connector.offsets import PendingRecord
+
+log = logging.getLogger("meterstream.dlq")
+
+HEADER_PREFIX = "meterstream."
+#: Longest human message kept in a header (Kafka headers have no fixed limit; keep sane).
+_MAX_MESSAGE_CHARS = 2000
+#: Backoff for re-producing after a failed delivery report.
+_RETRY_INITIAL_SECONDS = 0.5
+_RETRY_MAX_SECONDS = 30.0
+
+
+class _Letter:
+    __slots__ = ("attempts", "headers", "next_try", "reason", "record")
+
+    def __init__(
+        self,
+        record: PendingRecord,
+        reason: DeadLetterReason,
+        headers: list[tuple[str, bytes]],
+    ) -> None:
+        self.record = record
+        self.reason = reason
+        self.headers = headers
+        self.attempts = 0
+        self.next_try = 0.0
+
+
+class DeadLetterQueue:
+    """Writes dead letters and calls ``on_written(record)`` once each is confirmed."""
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        *,
+        on_written: Callable[[PendingRecord], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.topic = config.dead_letter_topic
+        props: dict[str, Any] = {
+            **config.common_properties(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            # librdkafka retries internally until this; after it we retry ourselves.
+            "message.timeout.ms": 30_000,
+            "error_cb": self._on_error,
+            **config.producer,
+        }
+        self._producer = Producer(props)
+        self._on_written = on_written
+        self._clock = clock
+        self._retry: deque[_Letter] = deque()
+        self.pending = 0
+        #: Why the DLQ is not writable right now (for /readyz), None when it is.
+        self.problem: str | None = None
+
+    def send(
+        self,
+        record: PendingRecord,
+        reason: DeadLetterReason,
+        message: str,
+        *,
+        request_id: str | None = None,
+        event: MeterEventBody | None = None,
+        attempts: int = 0,
+    ) -> None:
+        """Queue the record for the dead-letter topic; resolution comes with the report."""
+        msg = record.message
+        timestamp_type, timestamp_ms = msg.timestamp()
+        extra: list[tuple[str, str]] = [
+            ("reason", reason),
+            ("message", message[:_MAX_MESSAGE_CHARS]),
+            ("source.topic", msg.topic()),
+            ("source.partition", str(msg.partition())),
+            ("source.offset", str(msg.offset())),
+            ("source.timestamp", str(timestamp_ms) if timestamp_type else ""),
+            ("version", __version__),
+            ("attempts", str(attempts)),
+        ]
+        if request_id:
+            extra.append(("request_id", request_id))
+        if event is not None:
+            extra.append(("event_name", event["event_name"]))
+            extra.append(("event_identifier", event["identifier"]))
+        headers = list(msg.headers() or [])
+        headers.extend((HEADER_PREFIX + key, value.encode()) for key, value in extra)
+        letter = _Letter(record, reason, headers)
+        self.pending += 1
+        self._produce(letter)
+
+    def _produce(self, letter: _Letter) -> None:
+        msg = letter.record.message
+        letter.attempts += 1
+        try:
+            self._producer.produce(
+                self.topic,
+                key=msg.key(),
+                value=msg.value(),
+                headers=letter.headers,
+                on_delivery=lambda err, _msg: self._delivered(letter, err),
+            )
+        except BufferError:
+            self._schedule_retry(letter, "the producer queue is full")
+        except Exception as exc:  # KafkaException for unknown topics, bad sizes, ...
+            self._schedule_retry(letter, str(exc))
+
+    def _delivered(self, letter: _Letter, err: KafkaError | None) -> None:
+        if err is not None:
+            self._schedule_retry(letter, err.str())
+            return
+        self.pending -= 1
+        if self.problem is not None:
+            log.info("dead-letter topic %s writable again", self.topic)
+        self.problem = None
+        metrics.DEAD_LETTERS.labels(letter.reason).inc()
+        self._on_written(letter.record)
+
+    def _schedule_retry(self, letter: _Letter, why: str) -> None:
+        delay = min(_RETRY_MAX_SECONDS, _RETRY_INITIAL_SECONDS * 2 ** min(letter.attempts, 10))
+        letter.next_try = self._clock() + delay
+        self._retry.append(letter)
+        if self.problem is None:
+            msg = letter.record.message
+            log.error(
+                "cannot write to dead-letter topic %s: %s (holding commits, retrying)",
+                self.topic,
+                why,
+                extra={"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()},
+            )
+        self.problem = f"cannot write to dead-letter topic {self.topic}: {why}"
+
+    def _on_error(self, err: KafkaError) -> None:
+        log.warning("dead-letter producer: %s", err.str())
+
+    def poll(self) -> None:
+        """Serve delivery reports and re-send letters whose retry time came."""
+        self._producer.poll(0)
+        if self._retry:
+            now = self._clock()
+            for _ in range(len(self._retry)):
+                letter = self._retry.popleft()
+                if letter.record.partition.closed:
+                    self.pending -= 1  # handed over: the new owner dead-letters it again
+                elif letter.next_try <= now:
+                    self._produce(letter)
+                else:
+                    self._retry.append(letter)
+
+    def flush(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for outstanding delivery reports."""
+        self._producer.flush(timeout)

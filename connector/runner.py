@@ -1,0 +1,218 @@
+"""``meterstream run`` and ``meterstream check-config``: from a config file to running workers.
+
+With ``--workers 1`` (the default) the worker runs in this process. With ``--workers N``
+this process becomes a supervisor: it starts N worker processes (same consumer group, so
+Kafka splits the partitions between them), serves /metrics, /livez and /readyz for all of
+them (prometheus multiprocess mode and per-worker status files), forwards SIGTERM/SIGINT,
+and exits non-zero if any worker fails, so that Kubernetes restarts the pod.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from connector.config import MeterstreamConfig, load_config
+
+if TYPE_CHECKING:
+    from connector.health import HealthReport
+
+#: How often the supervisor checks on its workers.
+_SUPERVISE_EVERY_SECONDS = 0.2
+
+
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="YAML config file (default: $METERSTREAM_CONFIG; without either, the built-in "
+        "defaults plus METERSTREAM_* environment overrides)",
+    )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``meterstream run``."""
+    _add_config_argument(parser)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="consumer processes in this pod, all in the same group (default 1); more than "
+        "one uses more cores, up to the topic's partition count",
+    )
+    parser.add_argument(
+        "--until-idle",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="burst mode: exit 0 once every assigned partition is caught up, everything is "
+        "resolved and committed, and nothing new arrived for SECONDS (backfills, tests)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="log lines for humans (text) or one JSON object per line (default: "
+        "logging.format from the config, text)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        default=None,
+        help="default: logging.level from the config, INFO",
+    )
+
+
+def add_check_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``meterstream check-config``."""
+    _add_config_argument(parser)
+
+
+def check_config_main(args: argparse.Namespace) -> int:
+    """Validate and print the effective configuration, secrets redacted."""
+    import yaml
+
+    config = load_config(args.config)
+    print(yaml.safe_dump(config.redacted_dict(), sort_keys=False), end="")
+    if config.stripe.api_key is None:
+        print(
+            "note: stripe.api_key is not set; `meterstream run` needs STRIPE_API_KEY in its "
+            "environment",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def run_main(args: argparse.Namespace) -> int:
+    """Run the connector until stopped (or idle, in burst mode)."""
+    from connector import logs
+
+    overrides: dict[str, Any] = {}
+    if args.log_format:
+        overrides.setdefault("logging", {})["format"] = args.log_format
+    if args.log_level:
+        overrides.setdefault("logging", {})["level"] = args.log_level
+    config = load_config(args.config, overrides=overrides)
+    config.require_api_key()
+    if args.workers < 1:
+        from connector.errors import ConfigError
+
+        raise ConfigError([("--workers", "must be at least 1")])
+    if args.until_idle is not None and args.until_idle < 0:
+        from connector.errors import ConfigError
+
+        raise ConfigError([("--until-idle", "must be zero or more seconds")])
+    logs.configure(config.logging.level, config.logging.format)
+    if args.workers == 1:
+        return _run_single(config, args.until_idle)
+    return _supervise(config, args.workers, args.until_idle)
+
+
+def _run_single(config: MeterstreamConfig, until_idle: float | None) -> int:
+    from connector.health import HealthServer, HealthState
+    from connector.worker import run_worker
+
+    health = HealthState(max_heartbeat_age=config.metrics.liveness_max_age_seconds)
+    server = None
+    if config.metrics.enabled:
+        server = HealthServer(config.metrics, health.report)
+        server.start()
+    try:
+        run_worker(config, health=health, until_idle=until_idle)
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def _worker_process(
+    config: MeterstreamConfig, index: int, workers: int, until_idle: float | None, status: str
+) -> None:
+    """Entry point of a worker process (spawned: PROMETHEUS_MULTIPROC_DIR is inherited)."""
+    from connector import logs
+    from connector.health import HealthState
+    from connector.worker import run_worker
+
+    logs.configure(config.logging.level, config.logging.format)
+    health = HealthState(
+        max_heartbeat_age=config.metrics.liveness_max_age_seconds,
+        status_file=Path(status) / f"worker-{index}.json",
+    )
+    run_worker(config, health=health, until_idle=until_idle, workers=workers, index=index)
+
+
+def _supervise(config: MeterstreamConfig, workers: int, until_idle: float | None) -> int:
+    import logging
+    import multiprocessing
+
+    from connector import metrics
+    from connector.health import HealthServer, read_status_files
+
+    log = logging.getLogger("meterstream.supervisor")
+    scratch = Path(tempfile.mkdtemp(prefix="meterstream-"))
+    metrics_dir = scratch / "metrics"
+    status_dir = scratch / "status"
+    status_dir.mkdir(parents=True)
+    metrics.prepare_multiprocess(metrics_dir)
+
+    def report() -> HealthReport:
+        return read_status_files(status_dir, config.metrics.liveness_max_age_seconds)
+
+    server = None
+    if config.metrics.enabled:
+        server = HealthServer(config.metrics, report, multiprocess=True)
+        server.start()
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(
+            target=_worker_process,
+            args=(config, index, workers, until_idle, str(status_dir)),
+            name=f"meterstream-worker-{index}",
+        )
+        for index in range(workers)
+    ]
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in processes:
+            if process.pid is not None and process.exitcode is None:
+                os.kill(process.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for process in processes:
+        process.start()
+    log.info("started %d workers", workers)
+    code = 0
+    try:
+        while any(process.exitcode is None for process in processes):
+            time.sleep(_SUPERVISE_EVERY_SECONDS)
+            for process in processes:
+                if process.exitcode not in (None, 0) and not stopping:
+                    log.error(
+                        "worker %s exited with %s: stopping the others",
+                        process.name,
+                        process.exitcode,
+                    )
+                    code = 1
+                    stop(signal.SIGTERM, None)
+        for process in processes:
+            process.join()
+            assert process.pid is not None
+            metrics.mark_process_dead(process.pid)
+            if process.exitcode != 0:
+                code = 1
+    finally:
+        if server is not None:
+            server.stop()
+    return code
