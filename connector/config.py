@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -53,6 +61,10 @@ class KafkaConfig(_Section):
     consumer: dict[str, LibrdkafkaValue] = Field(default_factory=dict)
     #: Extra librdkafka properties for the dead-letter producer.
     producer: dict[str, LibrdkafkaValue] = Field(default_factory=dict)
+    #: librdkafka properties whose values come from environment variables (secrets
+    #: mounted from Kubernetes Secrets), for both the consumer and the DLQ producer:
+    #: e.g. {"sasl.password": "KAFKA_SASL_PASSWORD"}.
+    secret_env: dict[str, str] = Field(default_factory=dict)
     #: Records taken from librdkafka per poll; bigger amortises Python overhead.
     poll_max_records: int = Field(1000, ge=1, le=100_000)
 
@@ -65,9 +77,26 @@ class KafkaConfig(_Section):
             )
         return self
 
+    _secrets: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _read_secret_env(self) -> KafkaConfig:
+        # Read once, at load time, so the values travel with the config (worker processes).
+        missing = [name for name in self.secret_env.values() if not os.environ.get(name)]
+        if missing:
+            raise ValueError(
+                "kafka.secret_env names environment variables that are not set: "
+                + ", ".join(sorted(missing))
+            )
+        self._secrets = {key: SecretStr(os.environ[name]) for key, name in self.secret_env.items()}
+        return self
+
     def common_properties(self) -> dict[str, LibrdkafkaValue]:
         """Connection properties shared by the consumer and the dead-letter producer."""
-        return {"bootstrap.servers": self.bootstrap_servers}
+        props: dict[str, LibrdkafkaValue] = {"bootstrap.servers": self.bootstrap_servers}
+        for key, value in self._secrets.items():
+            props[key] = value.get_secret_value()
+        return props
 
 
 class StripeConfig(_Section):
