@@ -13,6 +13,9 @@ from collections.abc import Awaitable, Callable
 
 from connector.config import RateLimitConfig
 
+#: Float slack so that a refill computed as 0.999999... tokens counts as one.
+_EPSILON = 1e-9
+
 
 class TokenBucket:
     """``rate`` tokens per second, at most ``rate`` (one second's worth) in reserve."""
@@ -40,7 +43,7 @@ class TokenBucket:
                 now = self._clock()
                 self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
                 self._updated = now
-                if self._tokens >= tokens:
+                if self._tokens >= tokens - _EPSILON:
                     self._tokens -= tokens
                     return
                 await self._sleep((tokens - self._tokens) / self.rate)

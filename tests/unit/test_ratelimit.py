@@ -1,0 +1,61 @@
+"""The account-wide budget is split across processes and enforced by token buckets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from connector.config import RateLimitConfig
+from connector.ratelimit import RateLimiter, TokenBucket
+
+
+class VirtualTime:
+    """A clock that only moves when the bucket sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_bucket_allows_one_second_burst_then_the_rate() -> None:
+    time = VirtualTime()
+    bucket = TokenBucket(10, clock=time.clock, sleep=time.sleep)
+    seen: list[float] = []
+
+    async def take() -> None:
+        for _ in range(10):
+            await bucket.acquire()
+        seen.append(time.now)
+        for _ in range(50):
+            await bucket.acquire()
+        seen.append(time.now)
+
+    asyncio.run(take())
+    assert seen[0] == 0.0  # the burst
+    assert seen[1] == pytest.approx(5.0)  # then 10 per second
+
+
+def test_share_is_split_across_replicas_and_workers() -> None:
+    limiter = RateLimiter(
+        RateLimitConfig(
+            account_requests_per_second=1000, account_events_per_second=60_000, replicas=5
+        ),
+        workers=2,
+    )
+    assert limiter.requests is not None
+    assert limiter.events is not None
+    assert limiter.requests.rate == 100
+    assert limiter.events.rate == 6000
+
+
+def test_no_budget_means_no_limiter() -> None:
+    limiter = RateLimiter(RateLimitConfig(), workers=4)
+    assert limiter.requests is None
+    assert limiter.events is None
+    asyncio.run(limiter.acquire(100))  # returns at once
