@@ -115,6 +115,8 @@ def _parse_rfc3339(text: str) -> float:
     # the digits and ranges (month 13, Feb 30, hour 24, offset over a day) but on its own
     # would also take ISO 8601 forms RFC 3339 does not allow ("2024-06-01", "12:00:00 Z").
     n = len(text)
+    if n == 24 and text[23] == "Z" and text[19] == "." and _has_date_time_separators(text):
+        return datetime.fromisoformat(text).timestamp()  # the wire shape: the common case
     if (
         n < _MIN_RFC3339_LENGTH
         or text[4] != "-"
@@ -145,3 +147,13 @@ def _parse_rfc3339(text: str) -> float:
     if text[10] != "T" or last == "z":
         text = text[:10] + "T" + text[11:-1] + ("Z" if last == "z" else last)
     return datetime.fromisoformat(text).timestamp()
+
+
+def _has_date_time_separators(text: str) -> bool:
+    return (
+        text[4] == "-"
+        and text[7] == "-"
+        and text[10] == "T"
+        and text[13] == ":"
+        and text[16] == ":"
+    )
