@@ -1,0 +1,640 @@
+"""The emulator's HTTP surface: a plain ASGI callable serving both Stripe hosts.
+
+No web framework: the stream endpoint is the benchmark's hot path, and routing it is one
+string comparison. Every response carries a ``Request-Id``; v2 endpoints answer v2 error
+bodies, v1 endpoints v1 bodies (form-encoded parameters, Unix-second timestamps). The
+``/_emulator`` prefix (never used by Stripe) holds inspection and control endpoints,
+which faults never touch and which are not counted in the request statistics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from connector.emulator.faults import Faults, KnobError, Knobs, Refusal
+from connector.emulator.meters import Meter, MeterSpecError, meter_from_mapping
+from connector.emulator.state import EmulatorState, rfc3339
+from connector.emulator.validation import RequestRejected, check_events
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+Response = tuple[int, bytes, Headers | None]
+
+SESSION_PATH = "/v2/billing/meter_event_session"
+STREAM_PATH = "/v2/billing/meter_event_stream"
+ADJUSTMENTS_PATH = "/v2/billing/meter_event_adjustments"
+METERS_PATH = "/v1/billing/meters"
+CONTROL_PREFIX = "/_emulator/"
+#: API key prefixes Stripe issues (secret and restricted keys); anything else gets 401.
+API_KEY_PREFIXES = ("sk_test_", "sk_live_", "rk_test_", "rk_live_", "rk_")
+#: v1 list pages: Stripe's default and maximum ``limit``.
+DEFAULT_LIST_LIMIT = 10
+MAX_LIST_LIMIT = 100
+#: value_grouping_window -> window length in seconds.
+GROUPING_WINDOWS = {"hour": 3_600, "day": 86_400}
+EXPIRED_TYPE = "temporary_session_expired"
+EXPIRED_CODE = "billing_meter_event_session_expired"
+
+_JSON = (b"content-type", b"application/json")
+_EMPTY_OBJECT = b"{}"
+log = logging.getLogger(__name__)
+
+
+def v2_error(
+    status: int, kind: str, code: str, message: str, param: str | None = None
+) -> tuple[int, bytes]:
+    """A v2 error body ``{"error": {"type", "code", "message"[, "param"]}}``."""
+    error: dict[str, Any] = {"type": kind, "code": code, "message": message}
+    if param:
+        error["param"] = param
+    return status, orjson.dumps({"error": error})
+
+
+def v1_error(
+    status: int,
+    message: str,
+    *,
+    kind: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+) -> tuple[int, bytes]:
+    """A v1 error body ``{"error": {"type", "message"[, "code", "param"]}}``."""
+    error: dict[str, Any] = {"type": kind, "message": message}
+    if code:
+        error["code"] = code
+    if param:
+        error["param"] = param
+    return status, orjson.dumps({"error": error})
+
+
+def _refusal_response(refusal: Refusal, v2: bool) -> Response:
+    headers: Headers = []
+    if refusal.retry_after is not None:
+        headers.append((b"retry-after", str(max(0, round(refusal.retry_after))).encode()))
+    if refusal.status == 429:
+        message = "Too many requests hit the API too quickly (emulator fault injection)."
+        kind, code = "rate_limit", "rate_limit"
+    elif refusal.status >= 500:
+        message = f"An error occurred with our connection to Stripe (emulator {refusal.kind})."
+        kind, code = (
+            "api_error",
+            "internal_error" if refusal.status == 500 else "service_unavailable",
+        )
+    else:
+        message = f"Injected failure (emulator {refusal.kind})."
+        kind, code = "invalid_request_error", "injected_failure"
+    if v2:
+        status, body = v2_error(refusal.status, kind, code, message)
+    else:
+        status, body = v1_error(refusal.status, message, kind=kind, code=code)
+    return status, body, headers
+
+
+def _api_key(scope: Scope, *, allow_basic: bool = True) -> str | None:
+    """The credential from ``Authorization: Bearer`` (or Basic ``key:``), or None."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            text = value.decode("latin-1").strip()
+            kind, _, credential = text.partition(" ")
+            kind = kind.lower()
+            credential = credential.strip()
+            if kind == "bearer":
+                return credential or None
+            if kind == "basic" and allow_basic:
+                try:
+                    decoded = base64.b64decode(credential, validate=True).decode()
+                except (binascii.Error, UnicodeDecodeError):
+                    return None
+                return decoded.partition(":")[0] or None
+            return None
+    return None
+
+
+def _valid_key(key: str | None) -> bool:
+    return key is not None and any(
+        key.startswith(prefix) and len(key) > len(prefix) for prefix in API_KEY_PREFIXES
+    )
+
+
+def _livemode(key: str) -> bool:
+    return key.startswith(("sk_live_", "rk_live_"))
+
+
+class EmulatorApp:
+    """The ASGI application; ``state`` and ``faults`` are shared with the Python API."""
+
+    def __init__(self, state: EmulatorState, faults: Faults, *, initial_knobs: Knobs) -> None:
+        self.state = state
+        self.faults = faults
+        self.initial_knobs = initial_knobs
+        self._request_ids = itertools.count(1)
+        self._request_prefix = secrets.token_hex(4)
+
+    def now(self) -> float:
+        """The emulator's clock: wall time plus ``clock_offset_seconds``."""
+        return time.time() + self.faults.knobs.clock_offset_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if kind != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        request_id = f"req_{self._request_prefix}{next(self._request_ids):010x}".encode()
+        path: str = scope["path"]
+        try:
+            if path.startswith(CONTROL_PREFIX):
+                status, payload, headers = self._control(scope, path, body)
+            else:
+                endpoint = self._endpoint(path)
+                status, payload, headers = await self._stripe(scope, endpoint, path, body)
+                self.state.record_request(endpoint, status)
+        except Exception:  # a bug in the emulator: say so as Stripe would, and log it
+            log.exception("emulator error on %s %s", scope.get("method"), path)
+            status, payload = v2_error(500, "api_error", "internal_error", "emulator error")
+            headers = None
+        response_headers = [
+            _JSON,
+            (b"content-length", str(len(payload)).encode()),
+            (b"request-id", request_id),
+        ]
+        if headers:
+            response_headers.extend(headers)
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    @staticmethod
+    def _endpoint(path: str) -> str:
+        if path == STREAM_PATH:
+            return "meter_event_stream"
+        if path == SESSION_PATH:
+            return "meter_event_session"
+        if path == ADJUSTMENTS_PATH:
+            return "meter_event_adjustments"
+        if path.startswith(METERS_PATH):
+            return "event_summaries" if path.endswith("/event_summaries") else "meters"
+        return "unknown"
+
+    # -- Stripe endpoints -------------------------------------------------------------------
+
+    async def _stripe(self, scope: Scope, endpoint: str, path: str, body: bytes) -> Response:
+        faults = self.faults
+        v2 = path.startswith("/v2/")
+        if faults.in_scope(endpoint):
+            delay = faults.delay()
+            if delay:
+                await asyncio.sleep(delay)
+            refusal = faults.refusal(time.time())
+            if refusal is not None:
+                return _refusal_response(refusal, v2)
+        method = scope["method"]
+        now = self.now()
+        if endpoint == "meter_event_stream" and method == "POST":
+            return self._stream(scope, body, now)
+        if endpoint == "meter_event_session" and method == "POST":
+            return self._session(scope, now)
+        if endpoint == "meter_event_adjustments" and method == "POST":
+            return self._adjustment(scope, body, now)
+        if endpoint in ("meters", "event_summaries"):
+            return self._v1_meters(scope, method, path, body, now)
+        if v2:
+            status, payload = v2_error(
+                404,
+                "invalid_request_error",
+                "not_found",
+                f"Unrecognized request URL ({method} {path}).",
+            )
+        else:
+            status, payload = v1_error(404, f"Unrecognized request URL ({method}: {path}).")
+        return status, payload, None
+
+    def _stream(self, scope: Scope, body: bytes, now: float) -> Response:
+        token = _api_key(scope, allow_basic=False)  # session tokens travel as Bearer only
+        if token is None:
+            status, payload = v2_error(
+                401,
+                "invalid_request_error",
+                "unauthorized",
+                "Send the meter event session's authentication_token as a Bearer token.",
+            )
+            return status, payload, None
+        if token.startswith(API_KEY_PREFIXES):
+            status, payload = v2_error(
+                401,
+                "invalid_request_error",
+                "unauthorized",
+                "The meter event stream takes a meter event session token, not an API key.",
+            )
+            return status, payload, None
+        knobs = self.faults.knobs
+        if self.state.use_session(token, now=now, max_requests=knobs.session_max_requests) != "ok":
+            status, payload = v2_error(
+                401,
+                EXPIRED_TYPE,
+                EXPIRED_CODE,
+                "The meter event session has expired or is unknown; create a new session.",
+            )
+            return status, payload, None
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            self.state.record_rejection({}, "invalid_json")
+            status, payload = v2_error(
+                400, "invalid_request_error", "invalid_json", "The request body is not valid JSON."
+            )
+            return status, payload, None
+        if knobs.events_per_second is not None:
+            events = parsed.get("events") if isinstance(parsed, dict) else None
+            count = len(events) if isinstance(events, list) else 0
+            refusal = self.faults.admit_events(time.time(), count)
+            if refusal is not None:
+                return _refusal_response(refusal, True)
+        try:
+            checked = check_events(
+                parsed, self.state.meters, auto_meters=knobs.auto_meters, now=now
+            )
+        except RequestRejected as exc:
+            self.state.record_rejection(exc.codes, exc.code)
+            status, payload = v2_error(
+                400, "invalid_request_error", exc.code, exc.message, exc.param
+            )
+            return status, payload, None
+        self.state.accept(checked, now)
+        return 200, _EMPTY_OBJECT, None
+
+    def _session(self, scope: Scope, now: float) -> Response:
+        key = _api_key(scope)
+        if not _valid_key(key):
+            status, payload = v2_error(
+                401,
+                "invalid_request_error",
+                "invalid_api_key",
+                "Invalid API key provided (expected sk_test_, sk_live_ or rk_ keys).",
+            )
+            return status, payload, None
+        assert key is not None
+        session = self.state.create_session(
+            livemode=_livemode(key), ttl=self.faults.knobs.session_ttl_seconds, now=now
+        )
+        return 200, orjson.dumps(session.to_stripe()), None
+
+    def _adjustment(self, scope: Scope, body: bytes, now: float) -> Response:
+        key = _api_key(scope)
+        if not _valid_key(key):
+            status, payload = v2_error(
+                401, "invalid_request_error", "invalid_api_key", "Invalid API key provided."
+            )
+            return status, payload, None
+        assert key is not None
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            parsed = None
+        problem: tuple[str, str] | None = None
+        if not isinstance(parsed, dict):
+            problem = ("invalid_json", "The request body must be a JSON object.")
+        elif parsed.get("type") != "cancel":
+            problem = ("parameter_invalid", "type must be 'cancel'.")
+        elif not isinstance(parsed.get("event_name"), str) or not parsed["event_name"]:
+            problem = ("parameter_missing", "event_name is required.")
+        elif not isinstance(parsed.get("cancel"), dict) or not isinstance(
+            parsed["cancel"].get("identifier"), str
+        ):
+            problem = ("parameter_missing", "cancel.identifier is required.")
+        if problem is not None:
+            status, payload = v2_error(400, "invalid_request_error", *problem)
+            return status, payload, None
+        assert isinstance(parsed, dict)
+        identifier = parsed["cancel"]["identifier"]
+        error = self.state.cancel(parsed["event_name"], identifier, now)
+        if error == "resource_missing":
+            status, payload = v2_error(
+                404,
+                "invalid_request_error",
+                "resource_missing",
+                "No meter event with this identifier was received in the last 24 hours.",
+            )
+            return status, payload, None
+        if error == "already_canceled":
+            status, payload = v2_error(
+                400, "already_canceled", "already_canceled", "This meter event is already canceled."
+            )
+            return status, payload, None
+        if error is not None:
+            status, payload = v2_error(
+                400,
+                "invalid_request_error",
+                error,
+                "The event with this identifier was sent with another event_name.",
+            )
+            return status, payload, None
+        adjustment = {
+            "id": f"mea_test_{secrets.token_hex(12)}",
+            "object": "v2.billing.meter_event_adjustment",
+            "cancel": {"identifier": identifier},
+            "created": rfc3339(now),
+            "event_name": parsed["event_name"],
+            "livemode": _livemode(key),
+            "status": "complete",
+            "type": "cancel",
+        }
+        return 200, orjson.dumps(adjustment), None
+
+    # -- v1 meters --------------------------------------------------------------------------
+
+    def _v1_meters(self, scope: Scope, method: str, path: str, body: bytes, now: float) -> Response:
+        key = _api_key(scope)
+        if key is None:
+            status, payload = v1_error(
+                401,
+                "You did not provide an API key. Provide it as a Bearer token in the "
+                "Authorization header.",
+            )
+            return status, payload, None
+        if not _valid_key(key):
+            status, payload = v1_error(401, "Invalid API Key provided.", code="api_key_invalid")
+            return status, payload, None
+        params = dict(
+            parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        )
+        if method == "POST" and body:
+            params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        parts = path[len(METERS_PATH) :].strip("/").split("/") if path != METERS_PATH else []
+        try:
+            if not parts:
+                if method == "GET":
+                    return self._list_meters(params)
+                if method == "POST":
+                    return self._create_meter(params, now)
+            elif len(parts) == 1 and method in ("GET", "POST"):
+                meter = self.state.meter_by_id(parts[0])
+                if meter is not None:
+                    return 200, orjson.dumps(meter.to_stripe()), None
+                return self._missing_meter(parts[0])
+            elif len(parts) == 2 and parts[1] in ("deactivate", "reactivate") and method == "POST":
+                updated = self.state.set_meter_active(parts[0], parts[1] == "reactivate", now)
+                if updated is None:
+                    return self._missing_meter(parts[0])
+                return 200, orjson.dumps(updated.to_stripe()), None
+            elif len(parts) == 2 and parts[1] == "event_summaries" and method == "GET":
+                return self._event_summaries(parts[0], params)
+        except _ParamError as exc:
+            status, payload = v1_error(400, exc.message, code=exc.code, param=exc.param)
+            return status, payload, None
+        status, payload = v1_error(404, f"Unrecognized request URL ({method}: {path}).")
+        return status, payload, None
+
+    @staticmethod
+    def _missing_meter(meter_id: str) -> Response:
+        status, payload = v1_error(
+            404, f"No such billing meter: '{meter_id}'", code="resource_missing", param="id"
+        )
+        return status, payload, None
+
+    def _list_meters(self, params: dict[str, str]) -> Response:
+        limit = _int_param(params, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
+        status_filter = params.get("status")
+        if status_filter not in (None, "active", "inactive"):
+            raise _ParamError("status must be active or inactive", "status", "parameter_invalid")
+        # Newest first, as Stripe lists; ties (meters declared together) by event name.
+        meters = sorted(self.state.meter_list(), key=lambda m: (-m.created, m.event_name))
+        if status_filter is not None:
+            meters = [m for m in meters if m.active == (status_filter == "active")]
+        objects = [m.to_stripe() for m in meters]
+        return 200, _page(objects, params, limit, METERS_PATH), None
+
+    def _create_meter(self, params: dict[str, str], now: float) -> Response:
+        entry: dict[str, Any] = {
+            "event_name": params.get("event_name", ""),
+            "display_name": params.get("display_name", ""),
+            "formula": params.get("default_aggregation[formula]", ""),
+            "customer_key": params.get("customer_mapping[event_payload_key]", ""),
+            "value_key": params.get("value_settings[event_payload_key]", ""),
+        }
+        if not entry["display_name"]:
+            raise _ParamError("Missing required param: display_name.", "display_name")
+        if not entry["event_name"]:
+            raise _ParamError("Missing required param: event_name.", "event_name")
+        if not entry["formula"]:
+            raise _ParamError(
+                "Missing required param: default_aggregation[formula].",
+                "default_aggregation[formula]",
+            )
+        try:
+            meter: Meter = meter_from_mapping({k: v for k, v in entry.items() if v})
+            meter = self.state.add_meter(meter, now)
+        except MeterSpecError as exc:
+            raise _ParamError(
+                str(exc), "default_aggregation[formula]", "parameter_invalid"
+            ) from None
+        except ValueError as exc:
+            raise _ParamError(str(exc), "event_name", "parameter_invalid") from None
+        return 200, orjson.dumps(meter.to_stripe()), None
+
+    def _event_summaries(self, meter_id: str, params: dict[str, str]) -> Response:
+        meter = self.state.meter_by_id(meter_id)
+        if meter is None:
+            return self._missing_meter(meter_id)
+        customer = params.get("customer")
+        if not customer:
+            raise _ParamError("Missing required param: customer.", "customer", "parameter_missing")
+        start = _int_param(params, "start_time", None, 0, None)
+        end = _int_param(params, "end_time", None, 0, None)
+        limit = _int_param(params, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
+        window_name = params.get("value_grouping_window")
+        if window_name is not None and window_name not in GROUPING_WINDOWS:
+            raise _ParamError(
+                "value_grouping_window must be hour or day",
+                "value_grouping_window",
+                "parameter_invalid",
+            )
+        step = GROUPING_WINDOWS[window_name] if window_name else 60
+        for name, value in (("start_time", start), ("end_time", end)):
+            if value % step:
+                unit = window_name or "minute"
+                raise _ParamError(
+                    f"{name} must be aligned with {unit} boundaries", name, "parameter_invalid"
+                )
+        if start >= end:
+            raise _ParamError(
+                "start_time must be before end_time", "start_time", "parameter_invalid"
+            )
+        windows = (
+            [(w, w + step) for w in range(start, end, step)] if window_name else [(start, end)]
+        )
+        rows = self.state.summaries(meter.event_name, customer, windows, meter.formula)
+        if window_name:  # grouped: only the windows that hold events
+            rows = [row for row in rows if row[3]]
+        objects = [
+            {
+                "id": _summary_id(meter.id, customer, w_start, w_end),
+                "object": "billing.meter_event_summary",
+                "aggregated_value": value,
+                "end_time": w_end,
+                "livemode": False,
+                "meter": meter.id,
+                "start_time": w_start,
+            }
+            for w_start, w_end, value, _ in rows
+        ]
+        url = f"{METERS_PATH}/{meter.id}/event_summaries"
+        return 200, _page(objects, params, limit, url), None
+
+    # -- control ----------------------------------------------------------------------------
+
+    def _control(self, scope: Scope, path: str, body: bytes) -> Response:
+        name = path[len(CONTROL_PREFIX) :].strip("/")
+        method = scope["method"]
+        now = self.now()
+        try:
+            data = orjson.loads(body) if body.strip() else {}
+        except orjson.JSONDecodeError:
+            return _control_error("the body must be a JSON object")
+        if not isinstance(data, dict):
+            return _control_error("the body must be a JSON object")
+        if name == "health" and method == "GET":
+            return 200, b'{"status":"ok"}', None
+        if name == "stats" and method == "GET":
+            report = self.state.stats(now)
+            report["knobs"] = self.faults.knobs.to_json()
+            report["faults_injected"] = dict(self.faults.injected)
+            return 200, orjson.dumps(report), None
+        if name == "knobs" and method == "GET":
+            return 200, orjson.dumps(self.faults.knobs.to_json()), None
+        if name == "configure" and method == "POST":
+            expire = data.pop("expire_sessions", False)
+            try:
+                knobs = self.faults.configure(**data)
+            except (KnobError, TypeError) as exc:
+                return _control_error(str(exc))
+            result: dict[str, Any] = {"knobs": knobs.to_json()}
+            if expire:
+                result["expired_sessions"] = self.state.expire_sessions(self.now())
+            return 200, orjson.dumps(result), None
+        if name == "expire_sessions" and method == "POST":
+            return 200, orjson.dumps({"expired_sessions": self.state.expire_sessions(now)}), None
+        if name == "reset" and method == "POST":
+            self.reset(keep_knobs=bool(data.get("keep_knobs", False)))
+            return 200, orjson.dumps({"knobs": self.faults.knobs.to_json()}), None
+        if name == "seen" and method == "GET":
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+            identifier = query.get("identifier", "")
+            return (
+                200,
+                orjson.dumps({"identifier": identifier, "seen": self.state.seen(identifier)}),
+                None,
+            )
+        if name == "meters" and method == "POST":
+            try:
+                meter = self.state.add_meter(meter_from_mapping(data), now)
+            except ValueError as exc:  # MeterSpecError is a ValueError
+                return _control_error(str(exc))
+            return 200, orjson.dumps(meter.to_stripe()), None
+        return (
+            404,
+            orjson.dumps(
+                {
+                    "error": {
+                        "type": "invalid_request_error",
+                        "message": f"no control endpoint {method} {path}",
+                    }
+                }
+            ),
+            None,
+        )
+
+    def reset(self, *, keep_knobs: bool = False) -> None:
+        """Forget everything accepted (and restore the start-up knobs unless ``keep_knobs``)."""
+        if not keep_knobs:
+            self.faults.reset(self.initial_knobs)
+        else:
+            self.faults.reset(self.faults.knobs)
+        self.state.reset(self.now())
+
+
+class _ParamError(Exception):
+    def __init__(self, message: str, param: str, code: str = "parameter_missing") -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+def _control_error(message: str) -> Response:
+    return 400, orjson.dumps({"error": {"type": "invalid_request_error", "message": message}}), None
+
+
+def _int_param(
+    params: dict[str, str], name: str, default: int | None, low: int, high: int | None
+) -> int:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise _ParamError(f"Missing required param: {name}.", name, "parameter_missing")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _ParamError(
+            f"Invalid integer: {raw[:40]}", name, "parameter_invalid_integer"
+        ) from None
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise _ParamError(f"{name} must be {bound}", name, "parameter_invalid_integer")
+    return value
+
+
+def _page(objects: list[dict[str, Any]], params: dict[str, str], limit: int, url: str) -> bytes:
+    """A v1 list envelope honouring ``starting_after`` / ``ending_before`` cursors."""
+    after = params.get("starting_after")
+    before = params.get("ending_before")
+    ids = [o["id"] for o in objects]
+    if after:
+        if after not in ids:
+            raise _ParamError(f"No such object: '{after}'", "starting_after", "resource_missing")
+        objects = objects[ids.index(after) + 1 :]
+        page, has_more = objects[:limit], len(objects) > limit
+    elif before:
+        if before not in ids:
+            raise _ParamError(f"No such object: '{before}'", "ending_before", "resource_missing")
+        objects = objects[: ids.index(before)]
+        page, has_more = objects[-limit:], len(objects) > limit
+    else:
+        page, has_more = objects[:limit], len(objects) > limit
+    return orjson.dumps({"object": "list", "data": page, "has_more": has_more, "url": url})
+
+
+def _summary_id(meter_id: str, customer: str, start: int, end: int) -> str:
+    digest = hashlib.sha256(f"{meter_id}|{customer}|{start}|{end}".encode()).hexdigest()[:24]
+    return f"mtrusg_test_{digest}"

@@ -1,0 +1,192 @@
+"""``meterstream emulator`` as a real child process, and the package's public surface."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+import connector.emulator
+from connector import cli, config
+from connector.emulator import EmulatorClient, EmulatorProcess, EmulatorServer
+from connector.emulator import cli as emulator_cli
+
+from .support import API_KEY, SESSION, event, send
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_subcommand_is_declared_and_its_parser_builds() -> None:
+    [entry] = [e for e in cli.SUBCOMMANDS if e[0] == "emulator"]
+    assert entry[1] == "connector.emulator.cli"
+    parser = argparse.ArgumentParser()
+    emulator_cli.add_arguments(parser)
+
+    args = parser.parse_args([])
+
+    assert (args.host, args.port, args.session_ttl) == ("127.0.0.1", 12111, 900.0)
+    assert args.port == config.EMULATOR_DEFAULT_PORT == connector.emulator.DEFAULT_PORT
+    assert callable(emulator_cli.main)
+
+
+def test_the_cli_module_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, connector.emulator.cli, connector.emulator; "
+        "heavy = ('httpx', 'uvicorn', 'orjson', 'stripe', 'yaml'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_public_surface() -> None:
+    assert sorted(connector.emulator.__all__) == [
+        "DEFAULT_HOST",
+        "DEFAULT_PORT",
+        "EmulatorClient",
+        "EmulatorError",
+        "EmulatorProcess",
+        "EmulatorServer",
+        "EmulatorState",
+        "FailureRule",
+        "KnobError",
+        "Knobs",
+        "Meter",
+        "MeterSpecError",
+        "load_meters_file",
+        "parse_meter_spec",
+    ]
+    for name in connector.emulator.__all__:
+        assert getattr(connector.emulator, name) is not None
+    with pytest.raises(AttributeError):
+        _ = connector.emulator.NoSuchThing
+
+
+def test_the_emulator_runs_as_a_process_with_its_flags(tmp_path: Path) -> None:
+    meters = tmp_path / "meters.yaml"
+    meters.write_text("- event_name: gb_hours\n  formula: last\n")
+    flags = [
+        "--session-ttl", "30",
+        "--meter", "api_requests:count",
+        "--meters-file", str(meters),
+        "--no-auto-meters",
+        "--fail", "2:503",
+    ]  # fmt: skip
+    with EmulatorProcess(flags) as process:
+        assert process.base_url.startswith("http://127.0.0.1:")
+        with (
+            httpx.Client(
+                base_url=process.base_url, headers={"Authorization": f"Bearer {API_KEY}"}
+            ) as http,
+            process.client() as control,
+        ):
+            session = http.post(SESSION).json()
+            created = datetime.fromisoformat(session["created"]).timestamp()
+            assert datetime.fromisoformat(
+                session["expires_at"]
+            ).timestamp() - created == pytest.approx(30)
+            token = session["authentication_token"]
+            assert send(http, token, [event(name="api_requests")]).status_code == 503  # 2nd
+            assert send(http, token, [event(name="api_requests")]).status_code == 200
+            assert send(http, token, [event(name="unknown")]).status_code == 400  # no_meter
+            meters_listed = {
+                m["event_name"]: m for m in http.get("/v1/billing/meters").json()["data"]
+            }
+
+            stats = control.stats()
+            assert control.totals("api_requests") == {"cus_1": {"sum": 1, "count": 1, "last": 1}}
+            control.configure(outage=True)
+            assert send(http, token, [event(name="api_requests")]).status_code == 503
+            assert control.expire_sessions() == 1
+            assert control.seen("nothing-like-this") is False
+            control.reset()
+            assert control.stats()["events"]["accepted"] == 0
+            assert control.health()
+
+        assert meters_listed["api_requests"]["default_aggregation"]["formula"] == "count"
+        assert meters_listed["gb_hours"]["default_aggregation"]["formula"] == "last"
+        assert stats["knobs"]["auto_meters"] is False
+        assert stats["events"]["rejected_by_code"] == {"no_meter": 1}
+
+        assert process.stop() == 0
+    assert "listening on http://127.0.0.1:" in process.output()
+    assert "stopped:" in process.output()  # the summary line after SIGTERM
+
+
+def test_sigint_stops_it_cleanly() -> None:
+    process = EmulatorProcess().start()
+    try:
+        with EmulatorClient(process.base_url) as control:
+            assert control.health()
+        assert process.proc is not None
+        process.proc.send_signal(signal.SIGINT)
+        assert process.proc.wait(10) == 0
+    finally:
+        process.stop()
+
+
+def test_a_taken_port_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "connector.emulator", "--port", str(port)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--meter", "x:median"], "formula"),
+        (["--error-rate", "3"], "error_rate"),
+        (["--fail", "9-1:500"], "failure rule"),
+    ],
+)
+def test_bad_flags_exit_2_naming_the_problem(flags: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "connector.emulator", "--port", "0", *flags],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_a_client_sees_the_in_process_server_too() -> None:
+    with EmulatorServer(latency_ms=1) as server, EmulatorClient(server.base_url) as control:
+        deadline = time.monotonic() + 5
+        assert control.knobs()["latency_ms"] == 1
+        control.add_meter("tokens", formula="sum", customer_key="acct")
+        assert server.state.meters["tokens"].customer_key == "acct"
+        with httpx.Client(
+            base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"}
+        ) as http:
+            token = http.post(SESSION).json()["authentication_token"]
+            send(http, token, [{"event_name": "tokens", "payload": {"acct": "a", "value": "2"}}])
+        stats = control.wait_for(
+            lambda s: s["events"]["accepted"] == 1,
+            timeout=deadline - time.monotonic(),
+            what="1 event",
+        )
+        assert stats["meters"]["tokens"]["customers"]["a"]["sum"] == 2

@@ -1,0 +1,345 @@
+"""The meter event stream: batch limits, per-event checks, dedupe, meters by name."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+import pytest
+
+from connector.emulator import EmulatorServer, Meter
+
+from .support import STREAM, error_of, event, new_token, rfc3339, send
+
+DAY = 86_400
+CEST = timezone(timedelta(hours=2))
+
+
+@pytest.fixture
+def token(http: httpx.Client) -> str:
+    return new_token(http)
+
+
+def test_a_full_batch_is_accepted_and_counted(
+    emulator: EmulatorServer, http: httpx.Client, token: str
+) -> None:
+    events = [event(i % 10 + 1, customer=f"cus_{i % 3}") for i in range(100)]
+
+    response = send(http, token, events)
+
+    assert response.status_code == 200
+    assert response.json() == {}
+    assert response.headers["request-id"].startswith("req_")
+    totals = emulator.state.totals("api_requests")["api_requests"]
+    expected = {f"cus_{c}": sum(i % 10 + 1 for i in range(100) if i % 3 == c) for c in range(3)}
+    assert {customer: t["sum"] for customer, t in totals.items()} == expected
+    assert sum(t["count"] for t in totals.values()) == 100
+    assert emulator.state.events_accepted == 100
+
+
+def test_every_response_has_its_own_request_id(http: httpx.Client, token: str) -> None:
+    responses = [
+        send(http, token, [event()]),
+        send(http, token, []),
+        send(http, "mestok_test_unknown", [event()]),
+        http.get("/v1/billing/meters"),
+        http.get("/nowhere"),
+        http.get("/_emulator/stats"),
+    ]
+
+    ids = [r.headers["request-id"] for r in responses]
+    assert all(i.startswith("req_") for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"events": []}, "parameter_invalid_empty"),
+        ({}, "parameter_missing"),
+        ({"events": {"event_name": "x"}}, "invalid_request"),
+        ({"events": [], "extra": 1}, "parameter_unknown"),
+        ([1, 2], "invalid_request"),
+    ],
+)
+def test_a_malformed_request_is_refused(
+    http: httpx.Client, token: str, body: Any, code: str
+) -> None:
+    response = http.post(STREAM, json=body, headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == code
+
+
+def test_101_events_are_refused_whole(
+    emulator: EmulatorServer, http: httpx.Client, token: str
+) -> None:
+    response = send(http, token, [event() for _ in range(101)])
+
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == "array_too_long"
+    assert "100" in error["message"]
+    assert emulator.state.events_accepted == 0
+
+
+def test_invalid_json_is_refused(http: httpx.Client, token: str) -> None:
+    response = http.post(
+        STREAM,
+        content=b'{"events": [',
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_json"
+
+
+def _broken(**changes: Any) -> dict[str, Any]:
+    body = event()
+    for key, value in changes.items():
+        if key.startswith("payload__"):
+            name = key.removeprefix("payload__")
+            if value is None:
+                del body["payload"][name]
+            else:
+                body["payload"][name] = value
+        elif value is None:
+            del body[key]
+        else:
+            body[key] = value
+    return body
+
+
+NOW = time.time()
+INVALID_EVENTS = [
+    ("not an object", "just a string", "invalid_request"),
+    ("no event_name", _broken(event_name=None), "parameter_missing"),
+    ("empty event_name", _broken(event_name=""), "parameter_missing"),
+    ("event_name not a string", _broken(event_name=7), "parameter_missing"),
+    ("event_name over 100", _broken(event_name="e" * 101), "string_length_exceeds_maximum"),
+    ("no payload", _broken(payload=None), "parameter_missing"),
+    ("payload not an object", _broken(payload=["cus_1", "1"]), "parameter_missing"),
+    ("payload value not a string", _broken(payload__value=5), "invalid_payload"),
+    ("payload extra key not a string", _broken(payload__region=1), "invalid_payload"),
+    ("no customer", _broken(payload__stripe_customer_id=None), "meter_event_no_customer_defined"),
+    ("empty customer", _broken(payload__stripe_customer_id=""), "meter_event_no_customer_defined"),
+    ("no value", _broken(payload__value=None), "meter_event_invalid_value"),
+    ("decimal value", _broken(payload__value="1.5"), "meter_event_invalid_value"),
+    ("word value", _broken(payload__value="ten"), "meter_event_invalid_value"),
+    ("plus sign", _broken(payload__value="+5"), "meter_event_invalid_value"),
+    ("blank value", _broken(payload__value=""), "meter_event_invalid_value"),
+    ("non-ascii digits", _broken(payload__value="\u0661\u0662"), "meter_event_invalid_value"),
+    ("16 digits", _broken(payload__value="1234567890123456"), "meter_event_value_too_many_digits"),
+    (
+        "-16 digits",
+        _broken(payload__value="-1234567890123456"),
+        "meter_event_value_too_many_digits",
+    ),
+    ("36 days old", _broken(timestamp=rfc3339(NOW - 36 * DAY)), "timestamp_too_far_in_past"),
+    ("6 minutes ahead", _broken(timestamp=rfc3339(NOW + 360)), "timestamp_in_future"),
+    ("date only", _broken(timestamp="2026-01-01"), "invalid_timestamp"),
+    ("no offset", _broken(timestamp="2026-01-01T12:00:00"), "invalid_timestamp"),
+    ("not a date", _broken(timestamp="yesterday at noon"), "invalid_timestamp"),
+    ("epoch number", _broken(timestamp=int(NOW)), "invalid_timestamp"),
+    ("null timestamp", event() | {"timestamp": None}, "invalid_request"),
+    ("identifier over 100", _broken(identifier="i" * 101), "invalid_identifier"),
+    ("empty identifier", _broken(identifier=""), "invalid_identifier"),
+    ("identifier not a string", _broken(identifier=12), "invalid_identifier"),
+    ("unknown field", _broken(quantity="3"), "parameter_unknown"),
+]
+
+
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [(bad, code) for _, bad, code in INVALID_EVENTS],
+    ids=[i[0] for i in INVALID_EVENTS],
+)
+def test_one_invalid_event_refuses_the_whole_request(
+    emulator: EmulatorServer, http: httpx.Client, token: str, bad: Any, code: str
+) -> None:
+    good_before, good_after = event(), event()
+
+    response = send(http, token, [good_before, bad, good_after])
+
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == code
+    assert error["param"].startswith("events[1]")
+    assert emulator.state.events_accepted == 0
+    assert not emulator.state.seen(good_before["identifier"])
+    stats = emulator.stats()["events"]
+    assert stats["rejected_by_code"] == {code: 1}
+
+
+def test_every_invalid_event_is_counted_and_named(
+    emulator: EmulatorServer, http: httpx.Client, token: str
+) -> None:
+    events = [event(), _broken(payload__value="x"), event(), _broken(timestamp="nope"), event()]
+
+    error = error_of(send(http, token, events))
+
+    assert error["code"] == "meter_event_invalid_value"  # the first one
+    assert "events[1]" in error["message"]
+    assert "events[3]" in error["message"]
+    assert emulator.stats()["events"]["rejected_by_code"] == {
+        "meter_event_invalid_value": 1,
+        "invalid_timestamp": 1,
+    }
+
+
+def test_values_at_the_limits_are_accepted(
+    emulator: EmulatorServer, http: httpx.Client, token: str
+) -> None:
+    events = [
+        event("999999999999999"),  # 15 digits
+        event("-999999999999999"),
+        event("0000000000000000007"),  # 19 characters, 1 significant digit
+        event("0"),
+        event("-3"),  # negative values correct usage (Stripe documents them)
+    ]
+
+    assert send(http, token, events).status_code == 200
+
+    total = emulator.state.totals()["api_requests"]["cus_1"]
+    assert total["sum"] == 999999999999999 - 999999999999999 + 7 + 0 - 3
+    assert total["count"] == 5
+
+
+def test_names_identifiers_and_timestamps_at_the_limits_are_accepted(
+    emulator: EmulatorServer, http: httpx.Client, token: str
+) -> None:
+    now = time.time()
+    events = [
+        event(name="n" * 100),
+        event(identifier="i" * 100),
+        event(timestamp=now - 35 * DAY + 60),
+        event(timestamp=now + 240),
+        event(timestamp=datetime.fromtimestamp(now - 3600, CEST).isoformat()),  # +02:00
+        event(identifier=None),
+        event(region="eu-west-1", tier="gold"),  # extra payload keys are fine
+    ]
+
+    response = send(http, token, events)
+
+    assert response.status_code == 200, response.text
+    assert emulator.state.events_accepted == 7
+    assert emulator.state.seen("i" * 100)
+
+
+def test_a_missing_timestamp_means_now(emulator: EmulatorServer, http: httpx.Client) -> None:
+    token = new_token(http)
+    before = int(time.time()) // 60 * 60
+
+    assert send(http, token, [event(5)]).status_code == 200
+
+    meter = emulator.state.meters["api_requests"]
+    rows = emulator.state.summaries("api_requests", "cus_1", [(before, before + 180)], "sum")
+    assert meter.formula == "sum"
+    assert rows[0][2] == 5
+
+
+def test_a_duplicate_identifier_is_accepted_but_not_counted_twice(
+    emulator: EmulatorServer, http: httpx.Client, token: str
+) -> None:
+    first = event(10, identifier="order-1")
+    again = event(99, identifier="order-1")  # a resend: same identifier, whatever the body
+
+    assert send(http, token, [first]).status_code == 200
+    assert send(http, token, [again]).status_code == 200
+    assert send(http, token, [event(1, identifier="order-2"), event(1, identifier="order-2")])
+
+    total = emulator.state.totals()["api_requests"]["cus_1"]
+    assert total == {"sum": 11, "count": 2, "last": 1}
+    stats = emulator.stats()["events"]
+    assert stats["accepted"] == 2
+    assert stats["duplicates"] == 2
+
+
+def test_dedupe_lasts_a_rolling_24_hours(emulator: EmulatorServer, http: httpx.Client) -> None:
+    emulator.configure(session_ttl_seconds=10 * DAY)
+    token = new_token(http)
+    assert send(http, token, [event(1, identifier="early")]).status_code == 200
+    emulator.configure(clock_offset_seconds=12 * 3600)
+    assert send(http, token, [event(1, identifier="later")]).status_code == 200
+
+    emulator.configure(clock_offset_seconds=DAY - 60)  # "early" is 23h59m old: still a duplicate
+    assert send(http, token, [event(1, identifier="early")]).status_code == 200
+    assert emulator.state.duplicates == 1
+
+    emulator.configure(clock_offset_seconds=DAY + 1)  # now older than 24 h: counted again
+    assert send(http, token, [event(1, identifier="early"), event(1, identifier="later")])
+
+    assert emulator.state.duplicates == 2  # "later" is only 12 h old
+    assert emulator.state.events_accepted == 3
+    assert emulator.state.seen("early")
+
+
+def test_an_unknown_event_name_creates_a_sum_meter(
+    emulator: EmulatorServer, http: httpx.Client, token: str
+) -> None:
+    assert send(http, token, [event(3, name="gb_hours")]).status_code == 200
+
+    meters = http.get("/v1/billing/meters").json()["data"]
+    meter = next(m for m in meters if m["event_name"] == "gb_hours")
+    assert meter["default_aggregation"] == {"formula": "sum"}
+    assert meter["customer_mapping"] == {"event_payload_key": "stripe_customer_id", "type": "by_id"}
+    assert meter["value_settings"] == {"event_payload_key": "value"}
+
+
+def test_without_auto_meters_an_unknown_event_name_is_refused(
+    emulator: EmulatorServer, http: httpx.Client, token: str
+) -> None:
+    emulator.configure(auto_meters=False)
+    emulator.add_meter(Meter("api_requests"))
+
+    assert send(http, token, [event(name="api_requests")]).status_code == 200
+    response = send(http, token, [event(name="gb_hours")])
+
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "no_meter"
+    assert "gb_hours" not in emulator.state.meters
+
+
+def test_a_meter_with_its_own_payload_keys(
+    emulator: EmulatorServer, http: httpx.Client, token: str
+) -> None:
+    emulator.add_meter(Meter("tokens", customer_key="account", value_key="tokens"))
+    good = {"event_name": "tokens", "payload": {"account": "cus_9", "tokens": "250"}}
+    default_keys = event(name="tokens")  # stripe_customer_id/value: not this meter's keys
+
+    assert send(http, token, [good]).status_code == 200
+    response = send(http, token, [default_keys])
+
+    assert error_of(response)["code"] == "meter_event_no_customer_defined"
+    assert error_of(response)["param"] == "events[0].payload.account"
+    assert emulator.state.totals()["tokens"]["cus_9"]["sum"] == 250
+
+
+def test_a_count_meter_needs_no_value(
+    emulator: EmulatorServer, http: httpx.Client, token: str
+) -> None:
+    emulator.add_meter(Meter("logins", formula="count"))
+    no_value = {"event_name": "logins", "payload": {"stripe_customer_id": "cus_1"}}
+
+    assert send(http, token, [no_value, no_value | {}, event(name="logins")]).status_code == 200
+
+    assert emulator.state.totals()["logins"]["cus_1"]["count"] == 3
+    assert send(http, token, [event("x", name="logins")]).status_code == 400  # still checked
+
+
+def test_an_inactive_meter_refuses_events(
+    emulator: EmulatorServer, http: httpx.Client, token: str
+) -> None:
+    meter = emulator.add_meter(Meter("api_requests"))
+    assert http.post(f"/v1/billing/meters/{meter.id}/deactivate").json()["status"] == "inactive"
+
+    response = send(http, token, [event()])
+
+    assert error_of(response)["code"] == "archived_meter"
+    assert http.post(f"/v1/billing/meters/{meter.id}/reactivate").json()["status"] == "active"
+    assert send(http, token, [event()]).status_code == 200
