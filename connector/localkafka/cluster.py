@@ -1,0 +1,103 @@
+"""``cluster()``: the one way tests, the demo and the benchmark get a Kafka cluster.
+
+In order of preference:
+
+1. ``KAFKA_BOOTSTRAP_SERVERS`` is set: use that cluster, start nothing.
+2. A Docker engine answers: an ``apache/kafka`` container through testcontainers.
+3. Otherwise: ``LocalKafka``, the broker run from the Maven Central jars with the local JDK.
+
+``METERSTREAM_KAFKA=jars`` (or ``docker``) skips the detection and forces one backend.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import cast
+
+from connector.errors import LocalKafkaError
+from connector.localkafka.admin import wait_until_serving
+from connector.localkafka.broker import HOST, START_TIMEOUT_SECONDS, LocalKafka, free_ports
+from connector.localkafka.jars import KAFKA_VERSION
+from connector.localkafka.settings import (
+    BROKER_SETTINGS,
+    docker_environment,
+    kraft_settings,
+    new_cluster_id,
+)
+
+#: The official image of the same Kafka release the jar path runs.
+KAFKA_IMAGE = f"apache/kafka:{KAFKA_VERSION}"
+#: ``docker info`` answers in well under a second when an engine runs; a hung socket
+#: must not stall every test session.
+DOCKER_INFO_TIMEOUT_SECONDS = 5.0
+#: The environment variable that forces a backend: auto (default), jars or docker.
+BACKEND_ENV = "METERSTREAM_KAFKA"
+#: Ports inside the container (the client one is published on a free loopback port).
+_CONTAINER_PORT = 9092
+_CONTAINER_CONTROLLER_PORT = 9093
+
+
+@contextmanager
+def cluster() -> Iterator[str]:
+    """Yield the bootstrap servers of a running cluster; stop what was started on exit."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    if external:
+        yield external
+        return
+    backend = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    if backend not in ("auto", "jars", "docker"):
+        raise LocalKafkaError(f"{BACKEND_ENV}={backend!r}: expected auto, jars or docker")
+    if backend == "docker" or (backend == "auto" and docker_available()):
+        with _docker_kafka() as bootstrap:
+            yield bootstrap
+    else:
+        with LocalKafka() as kafka:
+            yield kafka.bootstrap_servers
+
+
+def docker_available() -> bool:
+    """Whether a Docker engine answers (not just whether the client is installed)."""
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    try:
+        result = subprocess.run(
+            [docker, "info"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=DOCKER_INFO_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+@contextmanager
+def _docker_kafka() -> Iterator[str]:
+    """The same single-node broker in an apache/kafka container (testcontainers)."""
+    from testcontainers.core.container import DockerContainer
+
+    (port,) = free_ports(1)
+    bootstrap = f"{HOST}:{port}"
+    settings = {
+        **kraft_settings(
+            listen_host="0.0.0.0",
+            port=_CONTAINER_PORT,
+            advertised=bootstrap,
+            controller_port=_CONTAINER_CONTROLLER_PORT,
+        ),
+        **BROKER_SETTINGS,
+    }
+    container = DockerContainer(KAFKA_IMAGE).with_envs(
+        CLUSTER_ID=new_cluster_id(), **docker_environment(settings)
+    )
+    # Published on loopback only; docker-py takes (host ip, port) where the type says int.
+    cast(dict[str, object], container.ports)[f"{_CONTAINER_PORT}/tcp"] = (HOST, port)
+    with container:
+        wait_until_serving(bootstrap, timeout=START_TIMEOUT_SECONDS)
+        yield bootstrap
