@@ -54,12 +54,20 @@ def _bad_record(rng: random.Random, index: int, customer: str, now: float) -> tu
         record = {"id": f"bad-{index}", "event_name": "api_requests", "value": 3}
         return orjson.dumps(record), "mapping_error"
     if kind == 3:
-        record = {"id": f"bad-{index}", "customer": customer, "event_name": "api_requests",
-                  "value": "2.5"}
+        record = {
+            "id": f"bad-{index}",
+            "customer": customer,
+            "event_name": "api_requests",
+            "value": "2.5",
+        }
         return orjson.dumps(record), "invalid_value"
     if kind == 4:
-        record = {"id": f"bad-{index}", "customer": customer, "event_name": "llm_tokens",
-                  "value": 10**16}
+        record = {
+            "id": f"bad-{index}",
+            "customer": customer,
+            "event_name": "llm_tokens",
+            "value": 10**16,
+        }
         return orjson.dumps(record), "invalid_value"
     record = {
         "id": f"bad-{index}",
