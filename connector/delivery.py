@@ -27,7 +27,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_never,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from connector import metrics
@@ -101,11 +102,11 @@ class Delivery:
         self._clock = clock
         self._gate_until = 0.0
         self._successes: OrderedDict[str, int] = OrderedDict()
-        self._backoff = wait_exponential_jitter(
-            initial=config.backoff_initial_seconds,
-            max=config.backoff_max_seconds,
-            jitter=config.backoff_initial_seconds,
-        )
+        # Exponential from the initial delay up to the cap, plus jitter so that many
+        # workers that failed together do not retry together.
+        self._backoff = wait_exponential(
+            multiplier=config.backoff_initial_seconds, max=config.backoff_max_seconds
+        ) + wait_random(0, config.backoff_initial_seconds)
         #: Monotonic time of the first failure of the current outage; None when healthy.
         self.failing_since: float | None = None
         #: What the current outage is, for logs and /readyz.
@@ -160,6 +161,7 @@ class Delivery:
 
     def _before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
+        cause: str
         if isinstance(exc, BackoffError):
             cause = exc.cause
         elif isinstance(exc, AuthenticationError):

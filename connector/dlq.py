@@ -78,6 +78,8 @@ class DeadLetterQueue:
             # librdkafka retries internally until this; after it we retry ourselves.
             "message.timeout.ms": 30_000,
             "error_cb": self._on_error,
+            # librdkafka's own log lines go through our logging (format, level, redaction).
+            "logger": logging.getLogger("meterstream.kafka.producer"),
             **config.producer,
         }
         self._producer = Producer(props)
@@ -130,7 +132,7 @@ class DeadLetterQueue:
                 self.topic,
                 key=msg.key(),
                 value=msg.value(),
-                headers=letter.headers,
+                headers=list(letter.headers),
                 on_delivery=lambda err, _msg: self._delivered(letter, err),
             )
         except BufferError:

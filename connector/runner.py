@@ -93,7 +93,7 @@ def check_config_main(args: argparse.Namespace) -> int:
 
 def run_main(args: argparse.Namespace) -> int:
     """Run the connector until stopped (or idle, in burst mode)."""
-    from connector import logs
+    from connector.logs import configure as configure_logging
 
     overrides: dict[str, Any] = {}
     if args.log_format:
@@ -110,7 +110,7 @@ def run_main(args: argparse.Namespace) -> int:
         from connector.errors import ConfigError
 
         raise ConfigError([("--until-idle", "must be zero or more seconds")])
-    logs.configure(config.logging.level, config.logging.format)
+    configure_logging(config.logging.level, config.logging.format)
     if args.workers == 1:
         return _run_single(config, args.until_idle)
     return _supervise(config, args.workers, args.until_idle)
@@ -137,11 +137,11 @@ def _worker_process(
     config: MeterstreamConfig, index: int, workers: int, until_idle: float | None, status: str
 ) -> None:
     """Entry point of a worker process (spawned: PROMETHEUS_MULTIPROC_DIR is inherited)."""
-    from connector import logs
     from connector.health import HealthState
+    from connector.logs import configure as configure_logging
     from connector.worker import run_worker
 
-    logs.configure(config.logging.level, config.logging.format)
+    configure_logging(config.logging.level, config.logging.format)
     health = HealthState(
         max_heartbeat_age=config.metrics.liveness_max_age_seconds,
         status_file=Path(status) / f"worker-{index}.json",

@@ -96,10 +96,9 @@ def translate_response(response: httpx.Response, *, session_endpoint: bool) -> S
     where = "creating a meter event session" if session_endpoint else "sending meter events"
     detail = f"HTTP {status} from Stripe {where}: {message}"
     if status == 429 or status >= 500 or status in _RETRYABLE_4XX:
-        cause = "rate_limited" if status == 429 else "server_error"
         return BackoffError(
             detail,
-            cause=cause,
+            cause="rate_limited" if status == 429 else "server_error",
             retry_after=parse_retry_after(response.headers.get("retry-after")),
             status=status,
             request_id=request_id,
@@ -204,7 +203,8 @@ class StripeSink:
         response = await self._post(self._stream_url, content, session.token, session=False)
         if response.status_code != 200:
             raise translate_response(response, session_endpoint=False)
-        return response.headers.get("request-id")
+        request_id: str | None = response.headers.get("request-id")
+        return request_id
 
     async def aclose(self) -> None:
         """Close pooled connections."""

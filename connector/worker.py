@@ -126,6 +126,8 @@ class Worker:
             "enable.partition.eof": False,
             "error_cb": self._on_kafka_error,
             "on_commit": self._on_commit,
+            # librdkafka's own log lines go through our logging (format, level, redaction).
+            "logger": logging.getLogger("meterstream.kafka.consumer"),
             **kafka.consumer,
         }
 

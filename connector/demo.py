@@ -1,0 +1,308 @@
+"""``meterstream demo``: the whole pipeline on the local defaults, checked against itself.
+
+A broker (``cluster()``: the jars broker unless KAFKA_BOOTSTRAP_SERVERS points elsewhere)
+and the emulator start, realistic usage for dozens of customers and a few meters is
+produced with a sprinkling of bad records, the connector runs in burst mode, and the
+summary compares what Stripe's event summaries report with what was produced, and the
+dead-letter topic with the bad records. Exit 0 only if everything matches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+#: Burst-mode idle time: long enough for the last linger and commit, short for a demo.
+IDLE_SECONDS = 2.0
+#: A test-mode key the emulator accepts (it is not a real Stripe key).
+DEMO_API_KEY = "sk_test_meterstream_demo"
+#: Event summaries are read over a window wide enough for every sample timestamp.
+SUMMARY_WINDOW_SECONDS = 2 * 3600
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's flags."""
+    parser.add_argument(
+        "--records", type=int, default=20_000, help="usage records to produce (default %(default)s)"
+    )
+    parser.add_argument(
+        "--customers", type=int, default=48, help="distinct customers (default %(default)s)"
+    )
+    parser.add_argument(
+        "--bad-every",
+        type=int,
+        default=97,
+        metavar="N",
+        help="every N-th record is bad, to show the dead-letter topic (0: none; default "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--partitions", type=int, default=4, help="partitions of the usage topic (default 4)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="connector worker processes (default 1)"
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="latency the emulator adds to each request (default 0; try 20 for a real network)",
+    )
+
+
+@dataclass
+class _Outcome:
+    produced: int
+    expected: Any
+    billed: dict[tuple[str, str], int]
+    dead_letters: Counter[str]
+    elapsed: float
+    requests: int
+    duplicates: int
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the demo; 0 when billed totals and dead letters match what was produced."""
+    from rich.console import Console
+
+    from connector.errors import ConfigError
+
+    for name in ("records", "customers", "partitions", "workers"):
+        if getattr(args, name) < 1:
+            raise ConfigError([(f"--{name}", "must be at least 1")])
+    console = Console(stderr=False)
+    outcome = _run(args, console)
+    return _report(console, outcome)
+
+
+def _run(args: argparse.Namespace, console: Any) -> _Outcome:
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+    from confluent_kafka import Producer
+
+    from connector import samples
+    from connector.emulator.client import EmulatorProcess
+    from connector.localkafka import cluster, create_topics
+
+    suffix = uuid.uuid4().hex[:8]
+    topic, dead_letter_topic = f"usage-demo-{suffix}", f"usage-demo-{suffix}.dlq"
+    with console.status("starting Kafka (first run fetches the jars) ..."), cluster() as bootstrap:
+        console.print(f"[green]Kafka[/] at {bootstrap}")
+        create_topics(bootstrap, {topic: args.partitions, dead_letter_topic: 1})
+        emulator_args = ["--latency-ms", str(args.latency_ms)] if args.latency_ms else []
+        with EmulatorProcess(emulator_args) as emulator:
+            console.print(f"[green]Stripe emulator[/] at {emulator.base_url}")
+            with console.status(f"producing {args.records:,} usage records to {topic} ..."):
+                producer = Producer(
+                    {"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all"}
+                )
+                expected: Any = None
+                for key, value, expected in samples.generate(  # noqa: B007 - read after the loop
+                    args.records, customers=args.customers, bad_every=args.bad_every
+                ):
+                    _produce(producer, topic, key, value)
+                producer.flush(60)
+            console.print(
+                f"produced {expected.records:,} records ({sum(expected.bad.values())} bad) "
+                f"for {args.customers} customers and {len(samples.METERS)} meters"
+            )
+            config = {
+                "kafka": {
+                    "bootstrap_servers": bootstrap,
+                    "group_id": f"meterstream-demo-{suffix}",
+                    "topics": [topic],
+                    "dead_letter_topic": dead_letter_topic,
+                },
+                "stripe": {"api_base": emulator.base_url, "meter_events_base": emulator.base_url},
+                "metrics": {"enabled": False},
+                "logging": {"level": "WARNING"},
+            }
+            with tempfile.TemporaryDirectory(prefix="meterstream-demo-") as scratch:
+                path = Path(scratch) / "meterstream.yaml"
+                path.write_text(yaml.safe_dump(config), encoding="utf-8")
+                command = [
+                    sys.executable,
+                    "-m",
+                    "connector",
+                    "run",
+                    "--config",
+                    str(path),
+                    "--until-idle",
+                    str(IDLE_SECONDS),
+                    "--workers",
+                    str(args.workers),
+                ]
+                environment = {**_environ(), "STRIPE_API_KEY": DEMO_API_KEY}
+                started = time.monotonic()
+                with console.status("meterstream run --until-idle: billing the backlog ..."):
+                    finished = subprocess.run(command, env=environment, check=False)
+                elapsed = time.monotonic() - started - IDLE_SECONDS
+            if finished.returncode != 0:
+                from connector.errors import MeterstreamError
+
+                raise MeterstreamError(f"the connector exited with {finished.returncode}")
+            with emulator.client() as control:
+                stats = control.stats()
+            billed = _billed(emulator.base_url, expected)
+            dead_letters = _dead_letter_reasons(bootstrap, dead_letter_topic)
+    return _Outcome(
+        produced=expected.records,
+        expected=expected,
+        billed=billed,
+        dead_letters=dead_letters,
+        elapsed=max(elapsed, 1e-3),
+        requests=int(stats.get("requests", {}).get("stream", 0))
+        if isinstance(stats.get("requests"), dict)
+        else 0,
+        duplicates=int(stats.get("duplicates", 0)),
+    )
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def _produce(producer: Any, topic: str, key: bytes, value: bytes) -> None:
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value)
+            return
+        except BufferError:
+            producer.poll(0.1)
+
+
+def _billed(base_url: str, expected: Any) -> dict[tuple[str, str], int]:
+    """Per (meter, customer) totals, read back through Stripe's event summaries API."""
+    import httpx
+
+    now = int(time.time()) // 60 * 60
+    start, end = now - SUMMARY_WINDOW_SECONDS, now + 600
+    billed: dict[tuple[str, str], int] = {}
+    headers = {"Authorization": f"Bearer {DEMO_API_KEY}"}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=10.0) as client:
+        meters = client.get("/v1/billing/meters", params={"limit": 100}).json()["data"]
+        by_name = {meter["event_name"]: meter["id"] for meter in meters}
+        for meter_name, customer in expected.totals:
+            meter_id = by_name.get(meter_name)
+            if meter_id is None:
+                billed[(meter_name, customer)] = 0
+                continue
+            page = client.get(
+                f"/v1/billing/meters/{meter_id}/event_summaries",
+                params={"customer": customer, "start_time": start, "end_time": end},
+            ).json()
+            billed[(meter_name, customer)] = sum(
+                int(row["aggregated_value"]) for row in page["data"]
+            )
+    return billed
+
+
+def _dead_letter_reasons(bootstrap: str, topic: str) -> Counter[str]:
+    """Count the dead-letter topic's records by their ``meterstream.reason`` header."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from connector.localkafka import end_offsets
+
+    ends = end_offsets(bootstrap, topic)
+    reasons: Counter[str] = Counter()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"meterstream-demo-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        remaining = sum(ends.values())
+        deadline = time.monotonic() + 30
+        while remaining > 0 and time.monotonic() < deadline:
+            for message in consumer.consume(500, 1.0):
+                if message.error():
+                    continue
+                remaining -= 1
+                headers = dict(message.headers() or [])
+                reason = headers.get("meterstream.reason", b"?")
+                reasons[reason.decode() if isinstance(reason, bytes) else str(reason)] += 1
+    finally:
+        consumer.close()
+    return reasons
+
+
+def _report(console: Any, outcome: _Outcome) -> int:
+    from rich.table import Table
+
+    expected = outcome.expected
+    meters = Table(title="Billed per meter (read back from Stripe's event summaries)")
+    meters.add_column("meter")
+    meters.add_column("customers", justify="right")
+    meters.add_column("produced total", justify="right")
+    meters.add_column("billed total", justify="right")
+    meters.add_column("", justify="center")
+    ok = True
+    for meter in sorted({name for name, _ in expected.totals}):
+        keys = [key for key in expected.totals if key[0] == meter]
+        want = sum(expected.totals[key] for key in keys)
+        got = sum(outcome.billed.get(key, 0) for key in keys)
+        exact = all(outcome.billed.get(key) == expected.totals[key] for key in keys)
+        ok = ok and exact
+        meters.add_row(meter, str(len(keys)), f"{want:,}", f"{got:,}", _mark(exact))
+    console.print(meters)
+
+    customers = Table(title="Top customers")
+    customers.add_column("customer")
+    for meter in sorted({name for name, _ in expected.totals}):
+        customers.add_column(meter, justify="right")
+    per_customer: dict[str, dict[str, int]] = {}
+    for (meter, customer), value in outcome.billed.items():
+        per_customer.setdefault(customer, {})[meter] = value
+    top = sorted(per_customer, key=lambda c: -sum(per_customer[c].values()))[:8]
+    meter_names = sorted({name for name, _ in expected.totals})
+    for customer in top:
+        customers.add_row(customer, *(f"{per_customer[customer].get(m, 0):,}" for m in meter_names))
+    console.print(customers)
+
+    letters = Table(title="Dead-letter topic by reason")
+    letters.add_column("reason")
+    letters.add_column("expected", justify="right")
+    letters.add_column("in the topic", justify="right")
+    letters.add_column("", justify="center")
+    for reason in sorted(set(expected.bad) | set(outcome.dead_letters)):
+        match = expected.bad.get(reason, 0) == outcome.dead_letters.get(reason, 0)
+        ok = ok and match
+        letters.add_row(
+            reason,
+            str(expected.bad.get(reason, 0)),
+            str(outcome.dead_letters.get(reason, 0)),
+            _mark(match),
+        )
+    console.print(letters)
+
+    events = expected.events
+    console.print(
+        f"records produced: {outcome.produced:,}   events billed: {events:,}   "
+        f"dead-lettered: {sum(outcome.dead_letters.values()):,}\n"
+        f"connector time: {outcome.elapsed:.1f} s   throughput: "
+        f"{outcome.produced / outcome.elapsed:,.0f} records/s"
+    )
+    if ok:
+        console.print("[bold green]every record billed exactly once or dead-lettered[/]")
+        return 0
+    console.print(
+        "[bold red]MISMATCH: billed totals or dead letters differ from what was produced[/]"
+    )
+    return 1
+
+
+def _mark(ok: bool) -> str:
+    return "[green]✓[/]" if ok else "[red]✗[/]"

@@ -1,0 +1,128 @@
+"""Prometheus metrics: every number an operator needs at 3 a.m., under ``meterstream_``.
+
+The objects are module-level, like the ``logging`` loggers: the code that counts imports
+this module and increments, nothing is passed around. With ``--workers N`` the supervisor
+calls ``prepare_multiprocess`` before it spawns workers, so every process writes its
+samples to files in a shared directory that the supervisor's ``/metrics`` aggregates
+(prometheus-client's multiprocess mode). Gauges say how they aggregate across workers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+from connector import __version__
+
+#: prometheus-client reads this variable when it is first imported (in each process).
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+#: Request latency buckets: from loopback (~1 ms) to Stripe's slow tail and timeouts.
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+#: Batch sizes: Stripe caps a request at 100 events; small batches mean linger is too low.
+_BATCH_BUCKETS = (1, 5, 10, 25, 50, 75, 99, 100)
+
+RECORDS_CONSUMED = Counter("meterstream_records_consumed", "Records read from Kafka.", ["topic"])
+EVENTS_SENT = Counter("meterstream_events_sent", "Meter events Stripe accepted.")
+BATCHES = Counter(
+    "meterstream_batches",
+    "Requests to the meter event stream, by outcome (ok, retried, rejected, session_expired).",
+    ["outcome"],
+)
+DEAD_LETTERS = Counter(
+    "meterstream_dead_letters", "Records written to the dead-letter topic, by reason.", ["reason"]
+)
+REQUEST_DURATION = Histogram(
+    "meterstream_request_duration_seconds",
+    "Latency of meter event stream requests, by outcome.",
+    ["outcome"],
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "meterstream_batch_size_events", "Events per request sent to Stripe.", buckets=_BATCH_BUCKETS
+)
+REQUESTS_IN_FLIGHT = Gauge(
+    "meterstream_requests_in_flight",
+    "Requests to Stripe awaiting an answer.",
+    multiprocess_mode="livesum",
+)
+RETRIES = Counter(
+    "meterstream_retries",
+    "Requests retried, by cause (rate_limited, server_error, timeout, connection, "
+    "unauthorized, session_expired).",
+    ["cause"],
+)
+SESSION_RENEWALS = Counter(
+    "meterstream_session_renewals", "Meter event sessions created (first one included)."
+)
+SESSION_EXPIRY = Gauge(
+    "meterstream_session_expires_in_seconds",
+    "Seconds until the current meter event session expires (the soonest across workers).",
+    multiprocess_mode="livemin",
+)
+COMMITS = Counter("meterstream_commits", "Offset commits, by result (ok, failed).", ["result"])
+REBALANCES = Counter(
+    "meterstream_rebalances",
+    "Partition assignment changes, by kind (assigned, revoked, lost).",
+    ["kind"],
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "meterstream_assigned_partitions", "Partitions assigned.", multiprocess_mode="livesum"
+)
+CONSUMER_LAG = Gauge(
+    "meterstream_consumer_lag_records",
+    "Records between the high watermark and the next record to process, per partition.",
+    ["topic", "partition"],
+    multiprocess_mode="livemax",
+)
+PAUSED_PARTITIONS = Gauge(
+    "meterstream_paused_partitions",
+    "Partitions paused by backpressure (too much work waiting for Stripe).",
+    multiprocess_mode="livesum",
+)
+BUFFERED_RECORDS = Gauge(
+    "meterstream_buffered_records",
+    "Records consumed and not yet resolved (billed or dead-lettered).",
+    multiprocess_mode="livesum",
+)
+#: Info is not supported in multiprocess mode; the supervisor's own registry carries it.
+BUILD_INFO = Info("meterstream_build", "The running meterstream version.")
+BUILD_INFO.info({"version": __version__})
+
+
+def prepare_multiprocess(directory: Path) -> None:
+    """Make ``directory`` the (empty) sample directory of this process and its children.
+
+    Must run before the worker processes start: each reads the variable when it imports
+    prometheus-client.
+    """
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    os.environ[MULTIPROCESS_ENV] = str(directory)
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a finished worker's live gauges from the aggregate (multiprocess mode only)."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
