@@ -159,10 +159,8 @@ def _run(args: argparse.Namespace, console: Any) -> _Outcome:
         billed=billed,
         dead_letters=dead_letters,
         elapsed=max(elapsed, 1e-3),
-        requests=int(stats.get("requests", {}).get("stream", 0))
-        if isinstance(stats.get("requests"), dict)
-        else 0,
-        duplicates=int(stats.get("duplicates", 0)),
+        requests=int(stats["requests"]["by_endpoint"].get("meter_event_stream", 0)),
+        duplicates=int(stats["events"]["duplicates"]),
     )
 
 
@@ -292,7 +290,9 @@ def _report(console: Any, outcome: _Outcome) -> int:
     console.print(
         f"records produced: {outcome.produced:,}   events billed: {events:,}   "
         f"dead-lettered: {sum(outcome.dead_letters.values()):,}\n"
-        f"connector time: {outcome.elapsed:.1f} s   throughput: "
+        f"requests to the meter event stream: {outcome.requests:,}   duplicates absorbed "
+        f"by identifiers: {outcome.duplicates:,}\n"
+        f"connector time: {outcome.elapsed:.1f} s (start-up included)   throughput: "
         f"{outcome.produced / outcome.elapsed:,.0f} records/s"
     )
     if ok:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -28,9 +29,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
 from connector import metrics
 from connector.batching import Batch, Batcher
@@ -48,12 +49,16 @@ from connector.sink import StripeSink
 
 log = logging.getLogger("meterstream.worker")
 
+_T = TypeVar("_T")
+
 #: Longest a poll blocks: bounds how late shutdown, linger and commits are noticed.
 POLL_TIMEOUT_SECONDS = 0.1
 #: Resume fetching once unresolved records fall to this fraction of the bound.
 RESUME_FRACTION = 0.5
 #: How often --until-idle asks the broker for fresh high watermarks.
 IDLE_CHECK_EVERY_SECONDS = 0.5
+#: Bound of each broker call of the burst-mode check: a slow answer means "not yet".
+IDLE_CHECK_TIMEOUT_SECONDS = 2.0
 #: librdkafka consumer settings the connector owns: users may not override them.
 RESERVED_CONSUMER_KEYS = frozenset(
     {"group.id", "enable.auto.commit", "enable.auto.offset.store", "on_commit"}
@@ -101,6 +106,7 @@ class Worker:
         self._last_activity = time.monotonic()
         self._last_idle_check = 0.0
         self._ever_assigned = False
+        self._admin: Any = None
         self._kafka_problem: str | None = None
         self._changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -187,6 +193,9 @@ class Worker:
                 self._apply_backpressure()
                 self._update_health()
                 if self.until_idle is not None and self._idle_long_enough():
+                    self._commit(sync=False)
+                    if not await loop.run_in_executor(executor, self._backlog_done):
+                        continue
                     log.info("caught up and idle for %.1f s: stopping", self.until_idle)
                     break
         finally:
@@ -198,7 +207,12 @@ class Worker:
         deadline = time.monotonic() + self.config.shutdown.drain_timeout_seconds
         self._drain_deadline = deadline
         await self._drain(list(self._partitions.values()), deadline)
-        self._commit(sync=True)
+        final = self._positions()
+        commit_final: Callable[[], bool] = functools.partial(self._commit_offsets, final, sync=True)
+        if final:
+            committed = await loop.run_in_executor(executor, commit_final)
+            if committed:
+                self._mark_committed(final)
         # close() revokes what is left (committing again, a no-op) and leaves the group.
         await loop.run_in_executor(executor, self.consumer.close)
         executor.shutdown(wait=False)
@@ -354,15 +368,26 @@ class Worker:
         self._update_lag()
 
     def _commit(self, *, sync: bool, states: list[PartitionOffsets] | None = None) -> None:
+        """Commit the resolved prefixes. ``sync=True`` only where no rebalance callback can
+        be waiting on this thread: in the poll thread (the executor) or from a callback."""
         offsets = self._positions(states)
-        if not offsets:
-            return
+        if offsets and self._commit_offsets(offsets, sync=sync):
+            self._mark_committed(offsets, states)
+
+    def _commit_offsets(self, offsets: list[TopicPartition], *, sync: bool) -> bool:
         try:
             self.consumer.commit(offsets=offsets, asynchronous=not sync)
         except Exception as exc:  # KafkaException: no coordinator, rebalance in progress...
             metrics.COMMITS.labels("failed").inc()
             log.warning("commit failed (will retry): %s", exc)
-            return
+            return False
+        if sync:
+            metrics.COMMITS.labels("ok").inc()
+        return True
+
+    def _mark_committed(
+        self, offsets: list[TopicPartition], states: list[PartitionOffsets] | None = None
+    ) -> None:
         by_key = {(tp.topic, tp.partition): tp.offset for tp in offsets}
         for key, position in by_key.items():
             state = self._partitions.get(key)
@@ -371,8 +396,6 @@ class Worker:
         if states is not None:
             for state in states:
                 state.committed = by_key.get((state.topic, state.partition), state.committed)
-        if sync:
-            metrics.COMMITS.labels("ok").inc()
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         failed = err is not None or any(tp.error is not None for tp in partitions)
@@ -454,37 +477,82 @@ class Worker:
         if now - self._last_idle_check < IDLE_CHECK_EVERY_SECONDS:
             return False
         self._last_idle_check = now
-        self._commit(sync=True)
-        return all(self._caught_up(state) for state in self._partitions.values())
+        return True
 
-    def _caught_up(self, state: PartitionOffsets) -> bool:
-        tp = TopicPartition(state.topic, state.partition)
-        low, high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-        position = state.position()
-        if position is None:
-            committed = self.consumer.committed([tp], timeout=5)[0].offset
-            position = committed if committed != OFFSET_INVALID and committed >= 0 else None
-        if position is None:
-            return self.config.kafka.auto_offset_reset == "latest" or low >= high
-        return bool(position >= high)
+    def _backlog_done(self) -> bool:
+        """Whether the group has committed every partition of its topics up to the end.
+
+        Runs in the poll thread (blocking calls with short timeouts). Burst mode means "the
+        backlog is billed", not "my share is": a worker without partitions (more workers
+        than partitions, or a crashed member holding them until its session times out)
+        must not declare the job finished early. Committed offsets are read through an
+        admin client, on its own connection: the consumer's coordinator connection can be
+        held by a JoinGroup during a rebalance, and this check must never stall polling.
+        """
+        try:
+            return self._committed_to_end()
+        except KafkaException as exc:
+            log.debug("burst-mode check postponed: %s", exc)
+            return False
+
+    def _committed_to_end(self) -> bool:
+        from confluent_kafka import ConsumerGroupTopicPartitions
+        from confluent_kafka.admin import AdminClient
+
+        partitions: list[TopicPartition] = []
+        for topic in self.config.kafka.topics:
+            metadata = self.consumer.list_topics(topic, timeout=IDLE_CHECK_TIMEOUT_SECONDS)
+            described = metadata.topics.get(topic)
+            if described is None or described.error is not None:
+                return False
+            partitions.extend(TopicPartition(topic, p) for p in sorted(described.partitions))
+        if self._admin is None:
+            properties: dict[str, Any] = {
+                **self.config.kafka.common_properties(),
+                "logger": logging.getLogger("meterstream.kafka.admin"),
+            }
+            self._admin = AdminClient(properties)
+        request = ConsumerGroupTopicPartitions(self.config.kafka.group_id, partitions)
+        futures = self._admin.list_consumer_group_offsets(
+            [request], request_timeout=IDLE_CHECK_TIMEOUT_SECONDS
+        )
+        answer = futures[self.config.kafka.group_id].result(timeout=IDLE_CHECK_TIMEOUT_SECONDS)
+        for tp in answer.topic_partitions:
+            low, high = self.consumer.get_watermark_offsets(
+                TopicPartition(tp.topic, tp.partition),
+                timeout=IDLE_CHECK_TIMEOUT_SECONDS,
+                cached=False,
+            )
+            if tp.offset == OFFSET_INVALID or tp.offset < 0:
+                if self.config.kafka.auto_offset_reset == "earliest" and low < high:
+                    return False
+            elif tp.offset < high:
+                return False
+        return True
 
     # -- rebalances ----------------------------------------------------------------------
 
-    def _in_loop(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _in_loop(self, coro: Coroutine[Any, Any, _T]) -> _T | None:
         """Run ``coro`` on the event loop from the poll thread and wait for it."""
         assert self._loop is not None
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            future.result()
+            return future.result()
         except Exception:
             # librdkafka would swallow it: say it loudly instead.
             log.exception("rebalance handling failed")
+            return None
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._in_loop(self._assigned(partitions))
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        self._in_loop(self._revoked(partitions, lost=False))
+        # The loop drains and says what to commit; the commit itself happens here, in the
+        # poll thread inside the callback: a synchronous commit from the loop thread would
+        # wait for a rebalance that waits for this callback.
+        offsets = self._in_loop(self._revoked(partitions, lost=False))
+        if offsets:
+            self._commit_offsets(offsets, sync=True)
 
     def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._in_loop(self._revoked(partitions, lost=True))
@@ -500,18 +568,22 @@ class Worker:
         metrics.ASSIGNED_PARTITIONS.set(len(self._partitions))
         log.info("assigned %s", _names(partitions))
 
-    async def _revoked(self, partitions: list[TopicPartition], *, lost: bool) -> None:
+    async def _revoked(
+        self, partitions: list[TopicPartition], *, lost: bool
+    ) -> list[TopicPartition]:
+        """Drain (or, when lost, abandon) these partitions; return the offsets to commit."""
         states = [
             state
             for tp in partitions
             if (state := self._partitions.get((tp.topic, tp.partition))) is not None
         ]
+        offsets: list[TopicPartition] = []
         if not lost and states:
             deadline = getattr(self, "_drain_deadline", None) or (
                 time.monotonic() + self.config.shutdown.drain_timeout_seconds
             )
             await self._drain(states, deadline)
-            self._commit(sync=True, states=states)
+            offsets = self._positions(states)
         for state in states:
             state.closed = True
             abandoned = sum(1 for record in state.pending if record.remaining > 0)
@@ -531,6 +603,7 @@ class Worker:
         metrics.REBALANCES.labels("lost" if lost else "revoked").inc()
         metrics.ASSIGNED_PARTITIONS.set(len(self._partitions))
         log.info("%s %s", "lost" if lost else "revoked", _names(partitions))
+        return offsets
 
     async def _drain(self, states: list[PartitionOffsets], deadline: float) -> None:
         """Send what is buffered for these partitions and wait until resolved or deadline."""
