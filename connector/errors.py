@@ -52,7 +52,10 @@ class ConfigError(MeterstreamError):
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         self.problems = problems
         lines = [f"{key}: {message}" for key, message in problems]
-        super().__init__("invalid configuration:\n  " + "\n  ".join(lines))
+        if len(lines) == 1:  # the common case reads as one line
+            super().__init__(f"invalid configuration: {lines[0]}")
+        else:
+            super().__init__("invalid configuration:\n  " + "\n  ".join(lines))
 
 
 class RecordError(MeterstreamError):

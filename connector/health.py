@@ -188,11 +188,13 @@ class HealthServer:
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry
         from prometheus_client.exposition import generate_latest
 
+        # Importing the module registers every meterstream_ metric, even before the
+        # worker has counted anything: a scrape never sees a partial set of series.
+        from connector.metrics import BUILD_INFO
+
         registry = REGISTRY
         if self._multiprocess:
             from prometheus_client import multiprocess
-
-            from connector.metrics import BUILD_INFO
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

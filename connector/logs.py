@@ -93,11 +93,26 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure(level: str = "INFO", fmt: str = "text") -> None:
+class WorkerIndex(logging.Filter):
+    """Stamps ``worker=N`` on every line of a worker process (``--workers N``)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "worker", None) is None:
+            record.worker = self.index
+        return True
+
+
+def configure(level: str = "INFO", fmt: str = "text", *, worker: int | None = None) -> None:
     """Install one stderr handler on the root logger (idempotent: replaces earlier ones)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RedactSecrets())
+    if worker is not None:
+        handler.addFilter(WorkerIndex(worker))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -141,7 +141,7 @@ def _worker_process(
     from connector.logs import configure as configure_logging
     from connector.worker import run_worker
 
-    configure_logging(config.logging.level, config.logging.format)
+    configure_logging(config.logging.level, config.logging.format, worker=index)
     health = HealthState(
         max_heartbeat_age=config.metrics.liveness_max_age_seconds,
         status_file=Path(status) / f"worker-{index}.json",

@@ -260,7 +260,7 @@ class Worker:
                 )
             except RecordError as exc:
                 record.dead_lettered = True
-                self._log_record(logging.INFO, "dead-lettering record: %s", exc, msg)
+                self._log_record(logging.INFO, "dead-lettering record: %s", exc, msg, exc.reason)
                 self._dlq.send(record, exc.reason, exc.message)
                 continue
             record.remaining = len(events)
@@ -280,13 +280,9 @@ class Worker:
         log.warning("Kafka consumer: %s", err.str())
 
     @staticmethod
-    def _log_record(level: int, fmt: str, arg: object, msg: Any) -> None:
-        log.log(
-            level,
-            fmt,
-            arg,
-            extra={"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()},
-        )
+    def _log_record(level: int, fmt: str, arg: object, msg: Any, reason: str | None = None) -> None:
+        context = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
+        log.log(level, fmt, arg, extra={**context, "reason": reason})
 
     # -- sending -------------------------------------------------------------------------
 
@@ -341,7 +337,9 @@ class Worker:
         if not record.dead_lettered:
             record.dead_lettered = True
             record.remaining += 1  # the dead-letter write is now an obligation
-            self._log_record(logging.WARNING, "dead-lettering record: %s", message, record.message)
+            self._log_record(
+                logging.WARNING, "dead-lettering record: %s", message, record.message, reason
+            )
             self._dlq.send(record, reason, message, request_id=request_id, event=event, attempts=1)
         self._finish(record)  # the event itself is answered
 

@@ -1,0 +1,222 @@
+"""The command line and what an operator sees: exit codes, one-line errors, metrics, probes, logs.
+
+Everything runs the real ``python -m connector`` process; metrics and probes are scraped
+over loopback HTTP from a connector working against the real broker and the emulator.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.integration.harness import REPO, ConnectorProcess, wait_until
+from tests.integration.test_connector import World, world_factory  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.integration
+
+
+def meterstream(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("METERSTREAM_")}
+    environment.pop("STRIPE_API_KEY", None)
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "connector", *args],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, float]:
+    """``/metrics`` as {"name{labels}": value} for meterstream_ series."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    series: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("meterstream_"):
+            name, value = line.rsplit(" ", 1)
+            series[name] = float(value)
+    return series
+
+
+def test_help_lists_every_subcommand_and_each_has_help() -> None:
+    result = meterstream("--help")
+    assert result.returncode == 0
+    for name in ("run", "check-config", "emulator", "local-kafka", "demo"):
+        assert name in result.stdout
+        sub = meterstream(name, "--help")
+        assert sub.returncode == 0, sub.stderr
+        assert "usage: meterstream" in sub.stdout
+
+
+def test_check_config_names_each_bad_key_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"batching": {"max_events": 500, "linger_ms": -1}, "kafka": {"topics": []}, "nope": 1}
+        )
+    )
+    result = meterstream("check-config", "--config", str(path))
+    assert result.returncode == 2
+    for key in ("batching.max_events", "batching.linger_ms", "kafka.topics", "nope"):
+        assert key in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_prints_the_effective_config_with_secrets_redacted(tmp_path: Path) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(yaml.safe_dump({"kafka": {"topics": ["usage", "usage-eu"]}}))
+    result = meterstream(
+        "check-config",
+        "--config",
+        str(path),
+        env={
+            "STRIPE_API_KEY": "sk_live_verysecret123",
+            "METERSTREAM_BATCHING__LINGER_MS": "75",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    effective = yaml.safe_load(result.stdout)
+    assert effective["kafka"]["topics"] == ["usage", "usage-eu"]
+    assert effective["batching"]["linger_ms"] == 75, "environment overrides the file"
+    assert "sk_live_verysecret123" not in result.stdout
+
+
+def test_run_without_an_api_key_is_one_clear_line(tmp_path: Path) -> None:
+    result = meterstream("run")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "STRIPE_API_KEY" in lines[0]
+
+
+def test_a_missing_config_file_is_one_clear_line(tmp_path: Path) -> None:
+    result = meterstream("run", "--config", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "absent.yaml" in result.stderr
+
+
+def test_a_running_connector_reports_metrics_probes_and_json_logs(
+    world_factory: Callable[..., World],  # noqa: F811
+) -> None:
+    world = world_factory(partitions=2)
+    expected = world.produce_samples(1200, bad_every=100)
+    port = free_port()
+    config = world.config(metrics={"enabled": True, "host": "127.0.0.1", "port": port})
+    process = ConnectorProcess(config, log_dir=world.tmp_path, api_key="sk_test_observed_key_123")
+    process.args += ["--log-format", "json"]
+    world.processes.append(process)
+    process.start()
+
+    def settled() -> dict[str, float] | None:
+        try:
+            series = scrape(port)
+        except httpx.HTTPError:
+            return None
+        sent = series.get("meterstream_events_sent_total", 0)
+        dead = sum(v for k, v in series.items() if k.startswith("meterstream_dead_letters_total"))
+        return series if sent == expected.events and dead == 12 else None
+
+    series = wait_until(settled, timeout=60, what="metrics to count every record")
+    consumed = sum(
+        v for k, v in series.items() if k.startswith("meterstream_records_consumed_total")
+    )
+    assert consumed == expected.records
+    for reason, count in expected.bad.items():
+        assert series[f'meterstream_dead_letters_total{{reason="{reason}"}}'] == count
+    assert series['meterstream_batches_total{outcome="ok"}'] >= expected.events / 100
+    assert series["meterstream_assigned_partitions"] == 2
+    assert series["meterstream_session_renewals_total"] >= 1
+    assert 0 < series["meterstream_session_expires_in_seconds"] <= 900
+    assert series['meterstream_request_duration_seconds_count{outcome="ok"}'] >= 1
+    assert any(k.startswith("meterstream_consumer_lag_records") for k in series)
+    assert wait_until(
+        lambda: httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200,
+        timeout=30,
+        what="/readyz to say ready",
+    )
+    live = httpx.get(f"http://127.0.0.1:{port}/livez", timeout=5)
+    assert live.status_code == 200
+    assert live.json()["status"] == "ok"
+
+    process.signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    text = process.log_path.read_text()
+    assert "sk_test_observed_key_123" not in text
+    entries = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert entries, "JSON log lines"
+    dead = [e for e in entries if e["message"].startswith("dead-lettering record")]
+    assert len(dead) == sum(expected.bad.values()), "a line per dead-lettered record"
+    for entry in dead:
+        assert {"topic", "partition", "offset", "reason"} <= set(entry), entry
+    assert Counter(e["reason"] for e in dead) == expected.bad
+    world.assert_exactly_once(expected)
+
+
+def test_workers_share_the_group_and_one_metrics_endpoint(
+    world_factory: Callable[..., World],  # noqa: F811
+) -> None:
+    world = world_factory(partitions=4)
+    expected = world.produce_samples(4000)
+    port = free_port()
+    # Paced (500 events/s per worker) so that the second worker joins before the first
+    # has billed everything.
+    config = world.config(
+        metrics={"enabled": True, "host": "127.0.0.1", "port": port},
+        rate_limit={"account_events_per_second": 1000},
+    )
+    process = world.connector(config, workers=2)
+    wait_until(
+        lambda: (
+            {
+                int(worker)
+                for worker in re.findall(r"assigned \S.*worker=(\d)", process.log_path.read_text())
+            }
+            == {0, 1}
+        ),
+        timeout=60,
+        what="each worker to be assigned partitions",
+    )
+
+    def both_ready() -> Any:
+        try:
+            answer = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        except httpx.HTTPError:
+            return None
+        body = answer.json()
+        return body if answer.status_code == 200 and len(body["workers"]) == 2 else None
+
+    wait_until(both_ready, timeout=60, what="both workers ready")
+    series = wait_until(
+        lambda: (s := scrape(port)).get("meterstream_events_sent_total") == expected.events and s,
+        timeout=60,
+        what="the summed events_sent of both workers",
+    )
+    assert series["meterstream_assigned_partitions"] == 4, "the partitions are split, not shared"
+    process.signal(signal.SIGTERM)
+    assert process.wait(30) == 0, process.log_tail()
+    world.assert_exactly_once(expected)
+    world.assert_all_committed()
