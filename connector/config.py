@@ -48,6 +48,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+#: librdkafka properties that say how to connect, not how to consume: every client of the
+#: cluster needs the same ones.
+CONNECTION_PROPERTY_PREFIXES = (
+    "security.protocol",
+    "sasl.",
+    "ssl.",
+    "enable.ssl.",
+    "ssl_engine",
+    "client.dns.lookup",
+    "broker.address.family",
+    "socket.",
+    "client.rack",
+)
+
+
 class KafkaConfig(_Section):
     """Where usage records come from and where dead letters go."""
 
@@ -92,10 +107,18 @@ class KafkaConfig(_Section):
         return self
 
     def common_properties(self) -> dict[str, LibrdkafkaValue]:
-        """Connection properties shared by the consumer and the dead-letter producer."""
+        """Connection properties shared by every client (consumer, DLQ producer, admin).
+
+        How to reach the cluster (security, SASL, TLS, DNS, sockets) is said once, in
+        ``kafka.consumer`` (or ``secret_env``): a DLQ producer that cannot authenticate
+        would hold every commit back. ``kafka.producer`` still overrides for the producer.
+        """
         props: dict[str, LibrdkafkaValue] = {"bootstrap.servers": self.bootstrap_servers}
-        for key, value in self._secrets.items():
-            props[key] = value.get_secret_value()
+        for key, setting in self.consumer.items():
+            if key.startswith(CONNECTION_PROPERTY_PREFIXES):
+                props[key] = setting
+        for key, secret in self._secrets.items():
+            props[key] = secret.get_secret_value()
         return props
 
 

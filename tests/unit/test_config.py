@@ -99,3 +99,28 @@ def test_secret_env_must_exist(tmp_path: Path) -> None:
     path = _write(tmp_path, "kafka:\n  secret_env:\n    sasl.password: NOT_SET_ANYWHERE\n")
     with pytest.raises(ConfigError, match="NOT_SET_ANYWHERE"):
         load_config(path, environ={})
+
+
+def test_connection_settings_in_consumer_reach_every_client(tmp_path: Path) -> None:
+    config = load_config(
+        None,
+        environ={"KAFKA_SASL_PASSWORD": "hunter2"},
+        overrides={
+            "kafka": {
+                "consumer": {
+                    "security.protocol": "SASL_SSL",
+                    "sasl.mechanism": "SCRAM-SHA-512",
+                    "sasl.username": "meterstream",
+                    "ssl.ca.location": "/etc/kafka/ca.crt",
+                    "fetch.min.bytes": 1,
+                },
+                "secret_env": {"sasl.password": "KAFKA_SASL_PASSWORD"},
+            }
+        },
+    )
+    common = config.kafka.common_properties()
+    assert common["security.protocol"] == "SASL_SSL"
+    assert common["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert common["ssl.ca.location"] == "/etc/kafka/ca.crt"
+    assert common["sasl.password"] == "hunter2"
+    assert "fetch.min.bytes" not in common, "consumer tuning stays with the consumer"
