@@ -30,6 +30,7 @@ from confluent_kafka import KafkaError, Producer
 from connector import __version__, metrics
 from connector.config import KafkaConfig
 from connector.errors import DeadLetterReason
+from connector.logs import Throttle
 from connector.mapping import MeterEventBody
 from connector.offsets import PendingRecord
 
@@ -84,6 +85,7 @@ class DeadLetterQueue:
         }
         self._producer = Producer(props)
         self._on_written = on_written
+        self._log_throttle = Throttle()
         self._clock = clock
         self._retry: deque[_Letter] = deque()
         self.pending = 0
@@ -166,7 +168,10 @@ class DeadLetterQueue:
         self.problem = f"cannot write to dead-letter topic {self.topic}: {why}"
 
     def _on_error(self, err: KafkaError) -> None:
-        log.warning("dead-letter producer: %s", err.str())
+        suppressed = self._log_throttle.allow(err.code())
+        if suppressed is not None:
+            more = f" ({suppressed} similar since the last report)" if suppressed else ""
+            log.warning("dead-letter producer: %s%s", err.str(), more)
 
     def poll(self) -> None:
         """Serve delivery reports and re-send letters whose retry time came."""

@@ -12,6 +12,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -104,6 +105,30 @@ class WorkerIndex(logging.Filter):
         if getattr(record, "worker", None) is None:
             record.worker = self.index
         return True
+
+
+class Throttle:
+    """Says whether a recurring message may be logged now: once per ``interval`` per key.
+
+    A broker that is down makes librdkafka report a failed connect every few tens of
+    milliseconds; the operator needs the first line and a count, not a flood.
+    """
+
+    def __init__(self, interval: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        self.interval = interval
+        self._clock = clock
+        self._last: dict[object, float] = {}
+        self._suppressed: dict[object, int] = {}
+
+    def allow(self, key: object) -> int | None:
+        """None to stay quiet; else how many were suppressed since the last line (0+)."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._suppressed.pop(key, 0)
 
 
 def configure(level: str = "INFO", fmt: str = "text", *, worker: int | None = None) -> None:

@@ -9,6 +9,7 @@ samples to files in a shared directory that the supervisor's ``/metrics`` aggreg
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -106,6 +107,16 @@ BUFFERED_RECORDS = Gauge(
 #: Info is not supported in multiprocess mode; the supervisor's own registry carries it.
 BUILD_INFO = Info("meterstream_build", "The running meterstream version.")
 BUILD_INFO.info({"version": __version__})
+
+
+def forget_partition(topic: str, partition: int) -> None:
+    """Drop a partition's lag series once it is handed over (zero it in multiprocess mode,
+    where prometheus-client cannot remove label sets)."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        CONSUMER_LAG.labels(topic, str(partition)).set(0)
+    else:
+        with contextlib.suppress(KeyError):
+            CONSUMER_LAG.remove(topic, str(partition))
 
 
 def prepare_multiprocess(directory: Path) -> None:

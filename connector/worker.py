@@ -19,7 +19,6 @@ unresolved is left uncommitted for the next owner (who resends it with the same 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -40,6 +39,7 @@ from connector.delivery import Delivery
 from connector.dlq import DeadLetterQueue
 from connector.errors import ConfigError, DeadLetterReason, RecordError
 from connector.health import HealthState
+from connector.logs import Throttle
 from connector.mapping import Mapper, MeterEventBody
 from connector.offsets import PartitionOffsets, PendingRecord
 from connector.ratelimit import RateLimiter
@@ -107,6 +107,7 @@ class Worker:
         self._last_idle_check = 0.0
         self._ever_assigned = False
         self._admin: Any = None
+        self._kafka_log_throttle = Throttle()
         self._kafka_problem: str | None = None
         self._changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -459,7 +460,10 @@ class Worker:
     def _on_kafka_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT) or err.fatal():
             self._kafka_problem = f"Kafka: {err.str()}"
-        log.warning("Kafka: %s", err.str())
+        suppressed = self._kafka_log_throttle.allow(err.code())
+        if suppressed is not None:
+            more = f" ({suppressed} similar since the last report)" if suppressed else ""
+            log.warning("Kafka: %s%s", err.str(), more)
 
     # -- burst mode ----------------------------------------------------------------------
 
@@ -595,8 +599,7 @@ class Worker:
                     abandoned,
                 )
             del self._partitions[(state.topic, state.partition)]
-            with contextlib.suppress(KeyError):
-                metrics.CONSUMER_LAG.remove(state.topic, str(state.partition))
+            metrics.forget_partition(state.topic, state.partition)
         self._last_activity = time.monotonic()
         metrics.REBALANCES.labels("lost" if lost else "revoked").inc()
         metrics.ASSIGNED_PARTITIONS.set(len(self._partitions))

@@ -207,3 +207,28 @@ def read_topic(bootstrap: str, topic: str, *, expect: int, timeout: float = 30) 
 def headers_of(message: Any) -> dict[str, str]:
     """A message's headers as str -> str (the last value wins)."""
     return {key: (value or b"").decode() for key, value in (message.headers() or [])}
+
+
+def run_meterstream(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python -m connector ARGS`` to completion, in a clean environment plus ``env``.
+
+    METERSTREAM_* and STRIPE_API_KEY of the test runner are dropped, so a developer's
+    shell never changes what a test sees.
+    """
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("METERSTREAM_") and key != "STRIPE_API_KEY"
+    }
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "connector", *args],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

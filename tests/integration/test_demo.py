@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tests.integration.harness import REPO
+from tests.integration.harness import run_meterstream
 
 pytestmark = pytest.mark.integration
 
 
 def test_demo_bills_every_good_record_and_dead_letters_every_bad_one(kafka_bootstrap: str) -> None:
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "COLUMNS": "120"}
-    result = subprocess.run(
-        [sys.executable, "-m", "connector", "demo", "--records", "1500", "--bad-every", "25"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = run_meterstream(
+        "demo",
+        "--records",
+        "1500",
+        "--bad-every",
+        "25",
+        env={"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "COLUMNS": "120"},
         timeout=180,
-        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -35,13 +30,6 @@ def test_demo_bills_every_good_record_and_dead_letters_every_bad_one(kafka_boots
 
 
 def test_demo_refuses_nonsense_flags() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "connector", "demo", "--records", "0"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_meterstream("demo", "--records", "0")
     assert result.returncode == 2
     assert "--records" in result.stderr

@@ -87,3 +87,16 @@ def test_configure_replaces_handlers_and_sets_the_level(capsys: pytest.CaptureFi
     output = capsys.readouterr().err.strip().splitlines()
     assert len(output) == 1
     assert "shown" in output[0]
+
+
+def test_throttle_lets_one_line_through_per_interval_and_counts_the_rest() -> None:
+    now = [0.0]
+    throttle = logs.Throttle(interval=30, clock=lambda: now[0])
+    assert throttle.allow("down") == 0
+    for _ in range(5):
+        now[0] += 1
+        assert throttle.allow("down") is None
+    assert throttle.allow("other") == 0, "keys are throttled separately"
+    now[0] += 30
+    assert throttle.allow("down") == 5
+    assert throttle.allow("down") is None
