@@ -23,6 +23,8 @@ from connector.config import MeterstreamConfig, load_config
 if TYPE_CHECKING:
     from connector.health import HealthReport
 
+#: linux/prctl.h: deliver a signal to this process when its parent dies.
+_PR_SET_PDEATHSIG = 1
 #: How often the supervisor checks on its workers.
 _SUPERVISE_EVERY_SECONDS = 0.2
 
@@ -133,10 +135,34 @@ def _run_single(config: MeterstreamConfig, until_idle: float | None) -> int:
     return 0
 
 
+def _follow_supervisor(supervisor: int) -> None:
+    """Ask Linux to SIGTERM this worker when the supervisor dies (even by SIGKILL).
+
+    Without it a killed supervisor leaves orphan workers that keep their partitions and
+    bill outside any pod's control. SIGTERM, not SIGKILL: the orphan still hands over
+    cleanly. Elsewhere than Linux this is a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker_process(
-    config: MeterstreamConfig, index: int, workers: int, until_idle: float | None, status: str
+    config: MeterstreamConfig,
+    index: int,
+    workers: int,
+    until_idle: float | None,
+    status: str,
+    *,
+    supervisor: int,
 ) -> None:
     """Entry point of a worker process (spawned: PROMETHEUS_MULTIPROC_DIR is inherited)."""
+    _follow_supervisor(supervisor)
     from connector.health import HealthState
     from connector.logs import configure as configure_logging
     from connector.worker import run_worker
@@ -175,6 +201,7 @@ def _supervise(config: MeterstreamConfig, workers: int, until_idle: float | None
         context.Process(
             target=_worker_process,
             args=(config, index, workers, until_idle, str(status_dir)),
+            kwargs={"supervisor": os.getpid()},
             name=f"meterstream-worker-{index}",
         )
         for index in range(workers)

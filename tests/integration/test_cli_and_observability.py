@@ -203,3 +203,29 @@ def test_workers_share_the_group_and_one_metrics_endpoint(
     assert process.wait(30) == 0, process.log_tail()
     world.assert_exactly_once(expected)
     world.assert_all_committed()
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(
+    world_factory: Callable[..., World],  # noqa: F811
+) -> None:
+    import psutil
+
+    world = world_factory(partitions=2)
+    process = world.connector(world.config(), workers=2)
+    assert process.proc is not None
+    supervisor = psutil.Process(process.proc.pid)
+
+    def spawned() -> list[psutil.Process] | None:
+        children = [c for c in supervisor.children() if "spawn_main" in " ".join(c.cmdline())]
+        return children if len(children) == 2 else None
+
+    workers = wait_until(spawned, timeout=30, what="two worker processes")
+    wait_until(
+        lambda: process.log_path.read_text().count("consuming ") == 2,
+        timeout=30,
+        what="both workers consuming",
+    )
+    process.signal(signal.SIGKILL)
+    process.wait(10)
+    _gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, f"orphan workers still running: {alive}"
