@@ -1,0 +1,57 @@
+"""The benchmark pipeline end to end on a tiny topic: every figure is produced and checked.
+
+Timings are not asserted (speed lives in the benchmark's own report); what is asserted is
+that each mode ran, that meterstream's runs were verified against the emulator's totals,
+and that the JSON and the chart were written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def test_quick_benchmark_writes_every_figure(kafka_bootstrap: str, tmp_path: Path) -> None:
+    out = tmp_path / "latest.json"
+    command = [sys.executable, "-m", "bench.run", "--quick", "--records", "3000"]
+    command += ["--latencies", "0,5", "--naive-seconds", "2", "--out", str(out)]
+    done = subprocess.run(
+        command,
+        cwd=REPO,
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["records"] == 3000
+    assert [row["latency_ms"] for row in results["runs"]] == [0.0, 5.0]
+    for row in results["runs"]:
+        assert row["ceiling"]["records"] == 3000
+        assert row["naive"]["events"] > 0
+        for workers in (1, 2):
+            run = row[f"meterstream_workers_{workers}"]
+            assert run["verified"] is True
+            assert run["events_per_second"] > 0
+            assert run["cpu_seconds_per_million"] > 0
+            assert run["peak_rss_mb"] > 0
+            assert run["p50_ms"] is not None
+            assert run["p99_ms"] >= run["p50_ms"]
+        assert set(row["ratios"]) == {
+            "meterstream_over_naive",
+            "meterstream_over_ceiling",
+            "workers_2_over_1",
+        }
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    assert "meterstream/naive" in done.stdout
