@@ -21,15 +21,17 @@ import email.utils
 import itertools
 import math
 import time
+import urllib.request
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 from pydantic import SecretStr
 
-from connector import __version__
+from connector import __version__, http11
 from connector.config import StripeConfig
 from connector.errors import (
     AuthenticationError,
@@ -45,6 +47,8 @@ SESSION_PATH = "/v2/billing/meter_event_session"
 STREAM_PATH = "/v2/billing/meter_event_stream"
 #: Connections per httpx pool (see StripeSink: small pools keep httpcore's scans short).
 CONNECTIONS_PER_POOL = 4
+#: httpx connections for session requests (one at a time, a few per hour).
+SESSION_CONNECTIONS = 2
 #: Status codes that mean "wait and try again" rather than "this data is bad".
 _RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 #: Status codes that mean the key, its permissions or the base URL are wrong.
@@ -127,8 +131,28 @@ def _parse_time(value: Any) -> float:
     raise ValueError(f"not a timestamp: {value!r}")
 
 
+def _lean_client_fits(url: str) -> bool:
+    """Whether the lean client can carry requests to ``url`` exactly as httpx would.
+
+    Not through a proxy (httpx honours HTTP(S)_PROXY/ALL_PROXY; the lean client does not)
+    and not with credentials in the URL.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False
+    if parts.username is not None or parts.password is not None:
+        return False
+    proxies = urllib.request.getproxies()
+    return not (proxies.get(parts.scheme) or proxies.get("all"))
+
+
 class StripeSink:
-    """Pooled HTTP/1.1 connections to both Stripe hosts, shared by every request of a process."""
+    """Pooled HTTP/1.1 connections to both Stripe hosts, shared by every request of a process.
+
+    Meter events, the hot path, go through ``connector.http11`` (a lean keep-alive client:
+    a fiftieth of httpx's CPU per request); session requests, a few per hour, and any
+    setup the lean client does not cover (a proxy, an injected transport) use httpx.
+    """
 
     def __init__(
         self,
@@ -142,12 +166,15 @@ class StripeSink:
         self._api_key = api_key
         self._session_url = config.api_base.rstrip("/") + SESSION_PATH
         self._stream_url = config.meter_events_base.rstrip("/") + STREAM_PATH
-        # Several small pools rather than one big one: httpcore's pool scans every
+        lean = transport is None and _lean_client_fits(self._stream_url)
+        # With the lean client carrying meter events, httpx only makes sessions. Otherwise
+        # several small httpx pools rather than one big one: httpcore's pool scans every
         # connection and queued request on each state change, so its cost per request
         # grows with the pool (a fifth of the connector's CPU at 32 connections). Requests
         # go round-robin; each pool keeps its connections alive.
-        shards = max(1, -(-max_connections // CONNECTIONS_PER_POOL)) if transport is None else 1
-        per_pool = -(-max_connections // shards) + 1
+        httpx_connections = SESSION_CONNECTIONS if lean else max_connections
+        shards = max(1, -(-httpx_connections // CONNECTIONS_PER_POOL)) if transport is None else 1
+        per_pool = -(-httpx_connections // shards) + 1
         self._clients = [
             httpx.AsyncClient(
                 timeout=httpx.Timeout(config.request_timeout_seconds),
@@ -161,6 +188,23 @@ class StripeSink:
             for _ in range(shards)
         ]
         self._next = itertools.cycle(self._clients)
+        self._lean: http11.Client | None = None
+        if lean:
+            parts = urlsplit(self._stream_url)
+            self._stream_target = parts.path + (f"?{parts.query}" if parts.query else "")
+            self._lean = http11.Client(
+                f"{parts.scheme}://{parts.netloc}",
+                headers={
+                    "Stripe-Version": config.stripe_version,
+                    "User-Agent": f"meterstream/{__version__}",
+                    "Accept": "*/*",
+                    "Content-Type": "application/json",
+                },
+                timeout=config.request_timeout_seconds,
+                max_connections=max_connections,
+                # The same trust as httpx (certifi, or SSL_CERT_FILE / SSL_CERT_DIR).
+                ssl_context=httpx.create_ssl_context() if parts.scheme == "https" else None,
+            )
 
     async def _post(self, url: str, content: bytes, token: str, *, session: bool) -> httpx.Response:
         try:
@@ -210,13 +254,44 @@ class StripeSink:
     async def send_events(self, events: Sequence[MeterEventBody], session: Session) -> str | None:
         """Send one batch (1..100 events); return Stripe's Request-Id on HTTP 200."""
         content = orjson.dumps({"events": events})
+        if self._lean is not None:
+            return await self._send_lean(self._lean, content, session.token)
         response = await self._post(self._stream_url, content, session.token, session=False)
         if response.status_code != 200:
             raise translate_response(response, session_endpoint=False)
         request_id: str | None = response.headers.get("request-id")
         return request_id
 
+    async def _send_lean(self, client: http11.Client, content: bytes, token: str) -> str | None:
+        try:
+            answer = await client.post(
+                self._stream_target, content, {"Authorization": f"Bearer {token}"}
+            )
+        except http11.HTTPTimeoutError as exc:
+            raise BackoffError(
+                f"timed out after {self._config.request_timeout_seconds:g} s calling Stripe "
+                f"({exc.phase})",
+                cause="timeout",
+            ) from exc
+        except http11.HTTPError as exc:
+            raise BackoffError(
+                f"cannot reach {urlsplit(self._stream_url).hostname}: {type(exc).__name__}: {exc}",
+                cause="connection",
+            ) from exc
+        if answer.status != 200:
+            # Errors are rare: the one translation, through the httpx model it expects.
+            response = httpx.Response(
+                answer.status,
+                headers=answer.headers,
+                content=answer.body,
+                extensions={"reason_phrase": answer.reason.encode("latin-1")},
+            )
+            raise translate_response(response, session_endpoint=False)
+        return answer.headers.get("request-id")
+
     async def aclose(self) -> None:
         """Close pooled connections."""
         for client in self._clients:
             await client.aclose()
+        if self._lean is not None:
+            await self._lean.aclose()
