@@ -8,7 +8,9 @@
 - Session expired: renew through the shared provider and resend. If a session made for
   this resend is refused as expired before it served anything, renewing cannot help: the
   batch is dead-lettered as ``session_expired`` (DESIGN 3.3). A session that expires after
-  serving requests is ordinary expiry and is simply renewed again.
+  serving requests is ordinary expiry and is simply renewed again. "Served" means any
+  answer other than expiry: a batch refused for its data (400) was authenticated by that
+  session too, so while a rejected batch is being split, the sessions it uses count.
 - Rejected as invalid: the batch is split in halves until the events at fault are alone;
   only those are dead-lettered (``rejected_by_stripe``), the rest are sent.
 """
@@ -51,7 +53,7 @@ log = logging.getLogger("meterstream.delivery")
 
 #: Consecutive expiries of healthy sessions for one batch before it is treated as an outage.
 MAX_EXPIRED_RESENDS = 20
-#: Sessions whose success counts are remembered (a process uses one at a time).
+#: Sessions whose served-request counts are remembered (a process uses one at a time).
 _SESSIONS_REMEMBERED = 8
 #: While an outage lasts, log one line per this many seconds, not one per retry.
 _OUTAGE_LOG_EVERY_SECONDS = 10.0
@@ -101,7 +103,7 @@ class Delivery:
         self._sleep = sleep
         self._clock = clock
         self._gate_until = 0.0
-        self._successes: OrderedDict[str, int] = OrderedDict()
+        self._served: OrderedDict[str, int] = OrderedDict()
         # Exponential from the initial delay up to the cap, plus jitter so that many
         # workers that failed together do not retry together.
         self._backoff = wait_exponential(
@@ -179,11 +181,19 @@ class Delivery:
             self._gate_until = max(self._gate_until, now + exc.retry_after)
         if now - self._last_outage_log >= _OUTAGE_LOG_EVERY_SECONDS:
             self._last_outage_log = now
-            log.warning(
-                "Stripe unavailable, retrying (nothing is dead-lettered): %s",
-                exc,
-                extra={"request_id": getattr(exc, "request_id", None)},
-            )
+            extra = {"request_id": getattr(exc, "request_id", None)}
+            if isinstance(exc, AuthenticationError):
+                # Not an outage that passes by itself: an operator must fix the key or URL.
+                log.error(
+                    "Stripe refused the credentials; fix the configuration and restart "
+                    "(retrying meanwhile; nothing is dead-lettered or committed): %s",
+                    exc,
+                    extra=extra,
+                )
+            else:
+                log.warning(
+                    "Stripe unavailable, retrying (nothing is dead-lettered): %s", exc, extra=extra
+                )
 
     async def _send_with_retries(self, batch: Batch) -> str | None:
         retrying = AsyncRetrying(
@@ -215,16 +225,20 @@ class Delivery:
                 request_id = await self._post(live, session)
             except SessionExpiredError as exc:
                 expiries += 1
-                if fresh and self._successes.get(session.id, 0) == 0:
+                if fresh and self._served.get(session.id, 0) == 0:
                     raise _StillExpiredError(exc) from exc
                 if expiries > MAX_EXPIRED_RESENDS:
                     raise BackoffError(str(exc), cause="server_error") from exc
                 metrics.RETRIES.labels("session_expired").inc()
                 renewed = await self._sessions.renew(session)
-                fresh = self._successes.get(renewed.id, 0) == 0
+                fresh = self._served.get(renewed.id, 0) == 0
                 session = renewed
                 continue
-            self._record_success(session)
+            except RejectedBatchError:
+                self._record_served(session)  # refused for its data: the token was good
+                raise
+            self._record_served(session)
+            self._record_success()
             return request_id
 
     async def _post(self, batch: Batch, session: Session) -> str | None:
@@ -255,12 +269,14 @@ class Delivery:
             metrics.REQUESTS_IN_FLIGHT.dec()
             metrics.REQUEST_DURATION.labels(outcome).observe(time.perf_counter() - started)
 
-    def _record_success(self, session: Session) -> None:
-        successes = self._successes
-        successes[session.id] = successes.get(session.id, 0) + 1
-        successes.move_to_end(session.id)
-        while len(successes) > _SESSIONS_REMEMBERED:
-            successes.popitem(last=False)
+    def _record_served(self, session: Session) -> None:
+        served = self._served
+        served[session.id] = served.get(session.id, 0) + 1
+        served.move_to_end(session.id)
+        while len(served) > _SESSIONS_REMEMBERED:
+            served.popitem(last=False)
+
+    def _record_success(self) -> None:
         if self.failing_since is not None:
             log.info("Stripe reachable again after %.1f s", self._clock() - self.failing_since)
         self.failing_since = None

@@ -39,9 +39,11 @@ log = logging.getLogger("meterstream.dlq")
 HEADER_PREFIX = "meterstream."
 #: Longest human message kept in a header (Kafka headers have no fixed limit; keep sane).
 _MAX_MESSAGE_CHARS = 2000
-#: Backoff for re-producing after a failed delivery report.
+#: Backoff for re-producing after a failed delivery report. The cap is short because an
+#: unwritable dead-letter topic holds every commit back: once it is fixed, the first retry
+#: that gets through (and with it every waiting letter) should come within seconds.
 _RETRY_INITIAL_SECONDS = 0.5
-_RETRY_MAX_SECONDS = 30.0
+_RETRY_MAX_SECONDS = 5.0
 
 
 class _Letter:
@@ -149,6 +151,11 @@ class DeadLetterQueue:
         self.pending -= 1
         if self.problem is not None:
             log.info("dead-letter topic %s writable again", self.topic)
+            # The topic takes writes again: letters waiting out their backoff (up to
+            # _RETRY_MAX_SECONDS) go now, so commits resume at once, not a backoff later.
+            now = self._clock()
+            for waiting in self._retry:
+                waiting.next_try = min(waiting.next_try, now)
         self.problem = None
         metrics.DEAD_LETTERS.labels(letter.reason).inc()
         self._on_written(letter.record)
