@@ -30,6 +30,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import orjson
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
 from connector import metrics
@@ -59,6 +60,8 @@ RESUME_FRACTION = 0.5
 IDLE_CHECK_EVERY_SECONDS = 0.5
 #: Bound of each broker call of the burst-mode check: a slow answer means "not yet".
 IDLE_CHECK_TIMEOUT_SECONDS = 2.0
+#: librdkafka statistics interval: how soon /readyz sees Kafka come back (or go away).
+KAFKA_STATS_INTERVAL_MS = 2000
 #: librdkafka consumer settings the connector owns: users may not override them.
 RESERVED_CONSUMER_KEYS = frozenset(
     {"group.id", "enable.auto.commit", "enable.auto.offset.store", "on_commit"}
@@ -101,12 +104,14 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._outstanding = 0  # consumed records not yet resolved
         self._paused = False
+        #: Partitions assigned since the last backpressure check: paused or resumed there.
+        self._newly_assigned: list[TopicPartition] = []
         self._stopping = False
         self._last_commit = 0.0
         self._last_activity = time.monotonic()
         self._last_idle_check = 0.0
         self._ever_assigned = False
-        self._admin: Any = None
+        self._offsets_reader: Any = None
         self._kafka_log_throttle = Throttle()
         self._kafka_problem: str | None = None
         self._changed: asyncio.Event | None = None
@@ -133,6 +138,10 @@ class Worker:
             "enable.partition.eof": False,
             "error_cb": self._on_kafka_error,
             "on_commit": self._on_commit,
+            # Broker states every few seconds: librdkafka reports "all brokers down" once,
+            # and never that they are back; the statistics say both.
+            "statistics.interval.ms": KAFKA_STATS_INTERVAL_MS,
+            "stats_cb": self._on_kafka_stats,
             # librdkafka's own log lines go through our logging (format, level, redaction).
             "logger": logging.getLogger("meterstream.kafka.consumer"),
             **kafka.consumer,
@@ -216,6 +225,8 @@ class Worker:
                 self._mark_committed(final)
         # close() revokes what is left (committing again, a no-op) and leaves the group.
         await loop.run_in_executor(executor, self.consumer.close)
+        if self._offsets_reader is not None:
+            await loop.run_in_executor(executor, self._offsets_reader.close)
         executor.shutdown(wait=False)
         for task in list(self._tasks):
             task.cancel()
@@ -267,8 +278,8 @@ class Worker:
             record.remaining = len(events)
             batcher_add(events, record)
         if consumed:
+            # Not a sign that Kafka is up: these may have been fetched before it went away.
             self._last_activity = time.monotonic()
-            self._kafka_problem = None
             for topic, count in consumed.items():
                 metrics.RECORDS_CONSUMED.labels(topic).inc(count)
                 self.stats["consumed"] += count
@@ -313,7 +324,9 @@ class Worker:
     def _finish(self, record: PendingRecord, count: int = 1) -> None:
         was_open = record.remaining > 0
         record.remaining -= count
-        if was_open and record.remaining <= 0:
+        # A handed-over partition's open records left _outstanding when it was revoked:
+        # an answer that arrives later must not subtract them a second time.
+        if was_open and record.remaining <= 0 and not record.partition.closed:
             self._outstanding -= 1
             if self._changed is not None:
                 self._changed.set()
@@ -432,6 +445,15 @@ class Worker:
         bound = self.config.batching.max_buffered_records
         metrics.BUFFERED_RECORDS.set(self._outstanding)
         assignment = [TopicPartition(t, p) for t, p in self._partitions]
+        if self._newly_assigned:
+            # Newcomers follow the current state; resuming also clears a pause that
+            # librdkafka kept from an earlier assignment of the same partition.
+            fresh = [
+                tp for tp in self._newly_assigned if (tp.topic, tp.partition) in self._partitions
+            ]
+            self._newly_assigned = []
+            if fresh:
+                (self.consumer.pause if self._paused else self.consumer.resume)(fresh)
         if not self._paused and self._outstanding >= bound and assignment:
             self.consumer.pause(assignment)
             self._paused = True
@@ -456,6 +478,18 @@ class Worker:
         expiry = self._sessions.seconds_until_expiry()
         if expiry is not None:
             metrics.SESSION_EXPIRY.set(expiry)
+
+    def _on_kafka_stats(self, stats: str) -> None:
+        """librdkafka's statistics (poll thread): Kafka is fine while a broker is connected."""
+        try:
+            brokers = orjson.loads(stats).get("brokers") or {}
+        except orjson.JSONDecodeError:
+            return
+        # nodeid -1: a bootstrap address, not a broker of the cluster.
+        if any(b.get("state") == "UP" and b.get("nodeid", -1) >= 0 for b in brokers.values()):
+            self._kafka_problem = None
+        elif brokers and self._kafka_problem is None:
+            self._kafka_problem = "Kafka: no broker connected"
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT) or err.fatal():
@@ -487,9 +521,12 @@ class Worker:
         Runs in the poll thread (blocking calls with short timeouts). Burst mode means "the
         backlog is billed", not "my share is": a worker without partitions (more workers
         than partitions, or a crashed member holding them until its session times out)
-        must not declare the job finished early. Committed offsets are read through an
-        admin client, on its own connection: the consumer's coordinator connection can be
-        held by a JoinGroup during a rebalance, and this check must never stall polling.
+        must not declare the job finished early. Committed offsets are read through a
+        second consumer that never subscribes, on its own connection: the consumer's
+        coordinator connection can be held by a JoinGroup during a rebalance, and this
+        check must never stall polling. Not through AdminClient: its
+        ListConsumerGroupOffsets crashes the process on a NOT_COORDINATOR answer, which is
+        what a group gets right after a broker restart (librdkafka issue #5040).
         """
         try:
             return self._committed_to_end()
@@ -498,9 +535,6 @@ class Worker:
             return False
 
     def _committed_to_end(self) -> bool:
-        from confluent_kafka import ConsumerGroupTopicPartitions
-        from confluent_kafka.admin import AdminClient
-
         partitions: list[TopicPartition] = []
         for topic in self.config.kafka.topics:
             metadata = self.consumer.list_topics(topic, timeout=IDLE_CHECK_TIMEOUT_SECONDS)
@@ -508,18 +542,17 @@ class Worker:
             if described is None or described.error is not None:
                 return False
             partitions.extend(TopicPartition(topic, p) for p in sorted(described.partitions))
-        if self._admin is None:
-            properties: dict[str, Any] = {
-                **self.config.kafka.common_properties(),
-                "logger": logging.getLogger("meterstream.kafka.admin"),
-            }
-            self._admin = AdminClient(properties)
-        request = ConsumerGroupTopicPartitions(self.config.kafka.group_id, partitions)
-        futures = self._admin.list_consumer_group_offsets(
-            [request], request_timeout=IDLE_CHECK_TIMEOUT_SECONDS
-        )
-        answer = futures[self.config.kafka.group_id].result(timeout=IDLE_CHECK_TIMEOUT_SECONDS)
-        for tp in answer.topic_partitions:
+        if self._offsets_reader is None:
+            self._offsets_reader = Consumer(
+                {
+                    **self.config.kafka.common_properties(),
+                    "group.id": self.config.kafka.group_id,
+                    "enable.auto.commit": False,
+                    "logger": logging.getLogger("meterstream.kafka.offsets"),
+                }
+            )
+        answer = self._offsets_reader.committed(partitions, timeout=IDLE_CHECK_TIMEOUT_SECONDS)
+        for tp in answer:
             low, high = self.consumer.get_watermark_offsets(
                 TopicPartition(tp.topic, tp.partition),
                 timeout=IDLE_CHECK_TIMEOUT_SECONDS,
@@ -562,8 +595,9 @@ class Worker:
     async def _assigned(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._partitions[(tp.topic, tp.partition)] = PartitionOffsets(tp.topic, tp.partition)
-        if self._paused and partitions:
-            self.consumer.pause(partitions)  # stay within the bound for newcomers too
+        # Not paused here: pause() from this thread while the poll thread waits in the
+        # rebalance callback deadlocks librdkafka. _apply_backpressure does it next turn.
+        self._newly_assigned.extend(partitions)
         self._ever_assigned = True
         self._last_activity = time.monotonic()
         metrics.REBALANCES.labels("assigned").inc()
