@@ -49,6 +49,7 @@ from connector.timestamps import (
     format_rfc3339_ms,
     is_canonical,
     parse_timestamp,
+    wire_epoch,
 )
 
 #: Stripe refuses values with more than 15 significant digits.
@@ -224,22 +225,36 @@ class Mapper:
             timestamp = _dig(record, self._timestamp_path) if self._timestamp_path else None
             record_id = _dig(record, self._id_path) if self._id_path else None
 
+        # Each field: the common valid case inline, anything else through the helper that
+        # explains it (same order as ever, so the first problem found is the one reported).
         if self._constant_event_name is not None:
             name = self._constant_event_name
         else:
-            name = _text(event_name, "event name", self._event_name_dotted, MAX_EVENT_NAME_LENGTH)
-        payload = {
-            self._customer_key: _text(
-                customer, "customer", self._customer_dotted, MAX_CUSTOMER_LENGTH
-            ),
-            self._value_key: _whole_number(value, self._value_dotted, self._allow_negative),
-        }
+            name = event_name.strip() if type(event_name) is str else ""
+            if not name or len(name) > MAX_EVENT_NAME_LENGTH:
+                name = _text(
+                    event_name, "event name", self._event_name_dotted, MAX_EVENT_NAME_LENGTH
+                )
+        who = customer.strip() if type(customer) is str else ""
+        if not who or len(who) > MAX_CUSTOMER_LENGTH:
+            who = _text(customer, "customer", self._customer_dotted, MAX_CUSTOMER_LENGTH)
+        if type(value) is int and 0 <= value < _VALUE_LIMIT:
+            amount = str(value)
+        else:
+            amount = _whole_number(value, self._value_dotted, self._allow_negative)
+        payload = {self._customer_key: who, self._value_key: amount}
         if self._all_dimensions:
             self._copy_string_fields(record, payload)
         elif self._dimensions:
             self._copy_dimensions(record, payload)
 
-        if record_id is not None:
+        if type(record_id) is str and record_id and len(record_id) <= MAX_IDENTIFIER_LENGTH:
+            identifier = (
+                record_id
+                if record_id.isascii()
+                else identifier_for(record_id, topic=topic, partition=partition, offset=offset)
+            )
+        elif record_id is not None:
             record_id = self._record_id(record_id)
             if len(record_id) <= MAX_IDENTIFIER_LENGTH and record_id.isascii():  # as it is
                 identifier = record_id
@@ -249,11 +264,21 @@ class Mapper:
                 )
         else:
             identifier = identifier_for(None, topic=topic, partition=partition, offset=offset)
+
+        stamp: str | None = None
+        if type(timestamp) is str:
+            epoch = wire_epoch(timestamp)  # the wire shape: sent as it is, if in the window
+            if epoch is not None:
+                now = self._clock()
+                if now - STRIPE_MAX_AGE_SECONDS <= epoch <= now + STRIPE_MAX_FUTURE_SECONDS:
+                    stamp = timestamp
+        if stamp is None:
+            stamp = self._timestamp(timestamp, kafka_timestamp_ms)
         return [
             {
                 "event_name": name,
                 "identifier": identifier,
-                "timestamp": self._timestamp(timestamp, kafka_timestamp_ms),
+                "timestamp": stamp,
                 "payload": payload,
             }
         ]
@@ -371,7 +396,8 @@ class Mapper:
         excluded = self._not_dimensions
         for key, value in record.items():
             if isinstance(value, str) and key not in excluded:
-                _check_dimension(key, value)
+                if len(value) > MAX_PAYLOAD_VALUE_LENGTH or len(key) > MAX_PAYLOAD_KEY_LENGTH:
+                    _check_dimension(key, value)  # explains why, and refuses
                 payload[key] = value
         if len(payload) + reserved > MAX_PAYLOAD_KEYS:
             _fail(
