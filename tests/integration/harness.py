@@ -152,6 +152,8 @@ class ConnectorProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.proc is not None:
+            self._log.close()
 
 
 def committed(bootstrap: str, group_id: str, topic: str, partitions: int) -> dict[int, int]:

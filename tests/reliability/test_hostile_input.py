@@ -85,7 +85,7 @@ class Billed:
     value: int
 
 
-Verdict = Billed | frozenset[str]
+Fate = Billed | frozenset[str]
 
 _RFC3339 = re.compile(
     r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?"
@@ -218,7 +218,7 @@ def _text_field(raw: Any, limit: int) -> str | tuple[str]:
     return text
 
 
-def oracle(value: bytes | None, kafka_ms: int | None, now_from: float, now_to: float) -> Verdict:
+def oracle(value: bytes | None, kafka_ms: int | None, now_from: float, now_to: float) -> Fate:
     """What must become of a record produced between ``now_from`` and ``now_to``.
 
     A good record's ``Billed``, or the set of dead-letter reasons that fit it (every fault
@@ -794,7 +794,7 @@ _REASONS: dict[str, Counter[str]] = {}
 class Expectation:
     position: Position
     sent: Outgoing
-    verdict: Verdict
+    verdict: Fate
     note: str
 
 

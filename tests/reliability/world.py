@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -393,7 +393,7 @@ class ReliabilityWorld:
         row.double_billed = verdict.double_billed
         return verdict
 
-    def assert_exactly_once(self, *, all_committed: bool = True) -> Verdict:
+    def assert_exactly_once(self) -> Verdict:
         """Every good record billed once, every bad one dead-lettered with an acceptable
         reason and its original bytes, nothing valid dead-lettered, offsets at the end."""
         verdict = self.verify()
@@ -420,8 +420,7 @@ class ReliabilityWorld:
                 assert letter.key() == sent.key, f"dead letter {position} changed the key"
                 original = list(letter.headers() or [])[: len(sent.headers)]
                 assert original == list(sent.headers), f"dead letter {position} changed headers"
-        if all_committed:
-            self.assert_all_committed()
+        self.assert_all_committed()
         self.assert_no_crash()
         return verdict
 
@@ -461,10 +460,6 @@ def not_ready_because(port: int, check: str) -> str | None:
     return str(problem) if problem else None
 
 
-def ready(port: int) -> bool:
-    return readyz(port)[0] == 200
-
-
 def wait_ready(port: int, *, timeout: float = 60) -> None:
     """Wait for /readyz to answer 200; fail with its last answer."""
     deadline = time.monotonic() + timeout
@@ -475,10 +470,6 @@ def wait_ready(port: int, *, timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"/readyz still {status} after {timeout:g} s: {body}")
         time.sleep(0.05)
-
-
-def sum_positions(offsets: Iterable[int]) -> int:
-    return sum(max(0, offset) for offset in offsets)
 
 
 def alter_topic_config(bootstrap: str, topic: str, changes: dict[str, str | None]) -> None:
