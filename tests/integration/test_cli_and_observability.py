@@ -135,8 +135,7 @@ def test_a_running_connector_reports_metrics_probes_and_json_logs(
     assert series['meterstream_request_duration_seconds_count{outcome="ok"}'] >= 1
     # Lag is sampled at each commit: once everything is resolved it reads 0 everywhere.
     lag_keys = [
-        f'meterstream_consumer_lag_records{{partition="{p}",topic="{world.topic}"}}'
-        for p in (0, 1)
+        f'meterstream_consumer_lag_records{{partition="{p}",topic="{world.topic}"}}' for p in (0, 1)
     ]
     wait_until(
         lambda: all(scrape(port).get(key) == 0 for key in lag_keys),
