@@ -62,6 +62,15 @@ IDLE_CHECK_EVERY_SECONDS = 0.5
 IDLE_CHECK_TIMEOUT_SECONDS = 2.0
 #: librdkafka statistics interval: how soon /readyz sees Kafka come back (or go away).
 KAFKA_STATS_INTERVAL_MS = 2000
+#: Commit refusals that only mean "the group is rebalancing" (not worth a warning).
+_REBALANCE_COMMIT_ERRORS = frozenset(
+    {
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.STALE_MEMBER_EPOCH,
+    }
+)
 #: librdkafka consumer settings the connector owns: users may not override them.
 RESERVED_CONSUMER_KEYS = frozenset(
     {"group.id", "enable.auto.commit", "enable.auto.offset.store", "on_commit"}
@@ -413,7 +422,13 @@ class Worker:
         failed = err is not None or any(tp.error is not None for tp in partitions)
         metrics.COMMITS.labels("failed" if failed else "ok").inc()
         if failed:
-            log.warning("commit failed: %s", err.str() if err else "partition error")
+            reason = err.str() if err else "partition error"
+            if err is not None and err.code() in _REBALANCE_COMMIT_ERRORS:
+                # Routine while the group rebalances: the partition's next owner starts from
+                # the last accepted commit and Stripe drops the repeats by identifier.
+                log.info("commit refused during a rebalance (%s); retried after it", reason)
+            else:
+                log.warning("commit failed: %s; retried at the next commit interval", reason)
             # Committing again later is safe: positions only move forward.
             for tp in partitions:
                 key = (tp.topic, tp.partition)
