@@ -207,7 +207,7 @@ def test_429_storms_with_retry_after(world_factory: WorldFactory, scenario: Scen
         world.emulator.configure(rate_limit_rate=0.0, requests_per_second=None)
         calm = time.monotonic()
         refused = world.answered(429) - before
-        scenario.notes += f"; storm {number}: {refused} x 429"
+        scenario.notes += f"{'; ' if scenario.notes else ''}storm {number}: {refused} x 429"
         assert refused > 0, "the storm refused requests"
         if number == 1:
             # Retry-After honoured, and shared by every request of the process: about one
