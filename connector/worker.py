@@ -201,8 +201,11 @@ class Worker:
         max_records = self.config.kafka.poll_max_records
         try:
             while not self._stopping:
+                # Paused: poll only to serve callbacks and heartbeats, and wait below for
+                # answers instead, so fetching resumes the moment there is room again.
+                timeout = 0.0 if self._paused else self._poll_timeout()
                 messages = await loop.run_in_executor(
-                    executor, self.consumer.consume, max_records, self._poll_timeout()
+                    executor, self.consumer.consume, max_records, timeout
                 )
                 if messages:
                     self._ingest(messages)
@@ -211,6 +214,8 @@ class Worker:
                 self._maybe_commit()
                 self._apply_backpressure()
                 self._update_health()
+                if self._paused:
+                    await self._await_room(self._poll_timeout())
                 if self.until_idle is not None and self._idle_long_enough():
                     self._commit(sync=False)
                     if not await loop.run_in_executor(executor, self._backlog_done):
@@ -473,13 +478,29 @@ class Worker:
             self.consumer.pause(assignment)
             self._paused = True
             metrics.PAUSED_PARTITIONS.set(len(assignment))
-            log.info("paused fetching: %d records waiting for Stripe", self._outstanding)
+            # DEBUG: under a backlog this cycles many times a second; the gauge tells.
+            log.debug("paused fetching: %d records waiting for Stripe", self._outstanding)
         elif self._paused and self._outstanding <= bound * RESUME_FRACTION:
             if assignment:
                 self.consumer.resume(assignment)
             self._paused = False
             metrics.PAUSED_PARTITIONS.set(0)
-            log.info("resumed fetching")
+            log.debug("resumed fetching")
+
+    async def _await_room(self, seconds: float) -> None:
+        """Wait until enough buffered records are resolved to resume fetching, or ``seconds``."""
+        assert self._changed is not None
+        resume_at = self.config.batching.max_buffered_records * RESUME_FRACTION
+        deadline = time.monotonic() + seconds
+        while self._outstanding > resume_at:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=remaining)
+            except TimeoutError:
+                return
 
     def _update_health(self) -> None:
         health = self.health
