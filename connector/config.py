@@ -204,8 +204,8 @@ class BatchingConfig(_Section):
     max_events: int = Field(STRIPE_MAX_EVENTS_PER_REQUEST, ge=1, le=STRIPE_MAX_EVENTS_PER_REQUEST)
     #: How long a partly filled batch waits for more events.
     linger_ms: int = Field(50, ge=0, le=60_000)
-    #: Concurrent requests per process.
-    max_in_flight: int = Field(32, ge=1, le=1024)
+    #: Concurrent requests per process: at ~50 ms per request, 64 carry ~128k events/s.
+    max_in_flight: int = Field(64, ge=1, le=1024)
     #: Records consumed but not yet resolved; at this bound fetching pauses (DESIGN 3.5).
     max_buffered_records: int = Field(20_000, ge=1, le=10_000_000)
 
