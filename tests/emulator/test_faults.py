@@ -179,6 +179,27 @@ def test_stats_report_what_was_accepted(emulator: EmulatorServer, http: httpx.Cl
     assert http.get("/_emulator/seen", params={"identifier": "a"}).json()["seen"] is True
 
 
+def test_stats_time_the_span_from_first_to_last_accepted_event(
+    emulator: EmulatorServer, http: httpx.Client
+) -> None:
+    def span() -> float:
+        return float(http.get("/_emulator/stats").json()["events"]["accepting_seconds"])
+
+    token = new_token(http)
+    assert span() == 0.0
+    send(http, token, [event(1, identifier="first")])
+    assert span() == 0.0  # one accepting request: no span yet
+    send(http, token, [event(1, identifier="first")])  # a duplicate accepts nothing new
+    assert span() == 0.0
+    send(http, token, [event(1, identifier="second")])
+    after_two = span()
+    assert after_two > 0
+    send(http, token, [event("x")])  # refused: does not extend the span
+    assert span() == after_two
+    http.post("/_emulator/reset")
+    assert span() == 0.0
+
+
 def test_stop_and_start_keep_the_state_on_the_same_port() -> None:
     with EmulatorServer() as server:
         url = server.base_url
