@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 export PATH := $(HOME)/.cache/meterstream/bin:$(PATH)
 
-.PHONY: demo test lint bench reliability soak bootstrap
+.PHONY: demo test lint bench profile reliability soak bootstrap
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -27,6 +27,10 @@ lint:
 ## Throughput benchmark (issue 5): writes bench/results/latest.json and a PNG chart.
 bench: bootstrap
 	$(VENV)/python -m bench.run
+
+## Where one connector process spends its CPU (cProfile): bench/results/profile.txt.
+profile: bootstrap
+	$(VENV)/python -m bench.profile
 
 ## The reliability report's fast part (also inside `make test`) and the soak run.
 reliability: bootstrap

@@ -55,3 +55,22 @@ def test_quick_benchmark_writes_every_figure(kafka_bootstrap: str, tmp_path: Pat
         }
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert "meterstream/naive" in done.stdout
+
+
+def test_profile_writes_both_listings(kafka_bootstrap: str, tmp_path: Path) -> None:
+    out = tmp_path / "profile.txt"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.profile", "--records", "2000", "--output", str(out)],
+        cwd=REPO,
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = out.read_text()
+    assert "2,000 records" in text
+    assert "top 30 by own time" in text and "top 30 by cumulative time" in text
+    # The connector's own hot path is in the listing, so the profile profiled the connector.
+    assert "_ingest" in text

@@ -266,9 +266,11 @@ def test_sigkill_mid_run_then_restart_bills_every_record_exactly_once(
     world = world_factory(latency_ms=5)
     expected = world.produce_samples(12_000)
     # The killed member holds its partitions until its session times out: keep that short.
+    # Paced to 3,000 events/s so the kill lands mid-run however fast the machine is.
     config = world.config(
         commit={"interval_ms": 500},
         kafka={"consumer": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}},
+        rate_limit={"account_events_per_second": 3000},
     )
 
     first = world.connector(config)
