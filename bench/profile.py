@@ -22,11 +22,10 @@ import uuid
 from pathlib import Path
 
 import yaml
-from confluent_kafka import Producer
 
 from connector import samples
 from connector.emulator.client import EmulatorProcess
-from connector.localkafka import cluster, create_topics
+from connector.localkafka import cluster, create_topics, produce_all
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "profile.txt"
@@ -45,16 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     with cluster() as bootstrap, tempfile.TemporaryDirectory(prefix="profile-") as scratch:
         topic = f"profile-{uuid.uuid4().hex[:8]}"
         create_topics(bootstrap, {topic: args.partitions, f"{topic}.dlq": 1})
-        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50})
-        for key, value, _ in samples.generate(args.records, bad_every=0, customers=200):
-            while True:
-                try:
-                    producer.produce(topic, key=key, value=value)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        producer.flush(120)
-        del producer
+        generated = samples.generate(args.records, bad_every=0, customers=200)
+        produce_all(bootstrap, topic, ((key, value) for key, value, _ in generated))
 
         with EmulatorProcess([]) as emulator, emulator.client() as control:
             config = {

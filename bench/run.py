@@ -59,11 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         args.naive_seconds = min(args.naive_seconds, 5.0)
     latencies = [float(x) for x in args.latencies.split(",") if x.strip()]
 
-    from confluent_kafka import Producer
-
     from connector import samples
     from connector.emulator.client import EmulatorProcess
-    from connector.localkafka import cluster, create_topics
+    from connector.localkafka import cluster, create_topics, produce_all
 
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -76,18 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         topic = f"bench-{uuid.uuid4().hex[:8]}"
         create_topics(bootstrap, {topic: args.partitions, f"{topic}.dlq": 1})
         _say(f"producing {args.records:,} records to {topic} ({args.partitions} partitions)")
-        producer = Producer(
-            {"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.num.messages": 10000}
-        )
-        for key, value, _ in samples.generate(args.records, bad_every=0, customers=200):
-            while True:
-                try:
-                    producer.produce(topic, key=key, value=value)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        producer.flush(120)
-        del producer  # closed now, not after the broker has stopped (it would log refusals)
+        generated = samples.generate(args.records, bad_every=0, customers=200)
+        produce_all(bootstrap, topic, ((key, value) for key, value, _ in generated))
 
         ceiling = _ceiling(bootstrap, topic, args.records)
         _say(f"ceiling: {ceiling['events_per_second']:,.0f} records/s")

@@ -16,6 +16,7 @@ from connector.localkafka.admin import (
     create_topics,
     delete_topics,
     end_offsets,
+    produce_all,
     wait_until_serving,
 )
 from connector.localkafka.broker import LocalKafka, find_java, free_ports
@@ -37,5 +38,6 @@ __all__ = [
     "fetch_jars",
     "find_java",
     "free_ports",
+    "produce_all",
     "wait_until_serving",
 ]

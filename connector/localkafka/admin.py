@@ -91,6 +91,39 @@ def delete_topics(
         )
 
 
+def produce_all(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes]],
+    *,
+    timeout: float = 120.0,
+) -> int:
+    """Produce ``(key, value)`` records as fast as the producer takes them, then flush.
+
+    Returns how many were written; raises ``LocalKafkaError`` if any is still unsent after
+    ``timeout``. The producer is closed before returning (not when the broker has gone).
+    """
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50})
+    count = 0
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                producer.poll(0.05)
+        count += 1
+    unsent = producer.flush(timeout)
+    del producer
+    if unsent:
+        raise LocalKafkaError(
+            f"{unsent} of {count} records to {topic!r} unsent after {timeout:g} s"
+        )
+    return count
+
+
 def end_offsets(
     bootstrap: str, topic: str, *, timeout: float = ADMIN_TIMEOUT_SECONDS
 ) -> dict[int, int]:

@@ -31,6 +31,7 @@ from connector.localkafka import (
     end_offsets,
     fetch_jars,
     free_ports,
+    produce_all,
     wait_until_serving,
 )
 from connector.localkafka import broker as broker_module
@@ -154,6 +155,26 @@ def test_produce_and_consume_round_trip(
     assert [(m.offset(), m.key(), m.value(), m.headers()) for m in messages] == [
         (i, f"k{i}".encode(), f"v{i}".encode(), [("n", str(i).encode())]) for i in range(20)
     ]
+
+
+def test_produce_all_writes_every_record_in_order(
+    kafka_bootstrap: str,
+    topic_factory: Callable[..., str],
+    group_id_factory: Callable[..., str],
+) -> None:
+    topic = topic_factory()
+    # More than the producer's default local queue holds at once: the BufferError path runs.
+    records = [(None if i % 2 else f"k{i}".encode(), f"v{i}".encode()) for i in range(120_000)]
+    assert produce_all(kafka_bootstrap, topic, records) == len(records)
+    assert end_offsets(kafka_bootstrap, topic) == {0: len(records)}
+
+    consumer = make_consumer(kafka_bootstrap, group_id_factory())
+    consumer.subscribe([topic])
+    try:
+        first = consume(consumer, 3)
+    finally:
+        consumer.close()
+    assert [(m.key(), m.value()) for m in first] == records[:3]
 
 
 def test_group_commits_leaves_rejoins_and_resumes_from_the_committed_offset(
