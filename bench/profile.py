@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                     "dead_letter_topic": f"{topic}.dlq",
                 },
                 "stripe": {"api_base": emulator.base_url, "meter_events_base": emulator.base_url},
+                # No metrics server: its port could be taken, and it is not what is profiled.
+                "metrics": {"enabled": False},
                 "logging": {"level": "WARNING"},
             }
             path = Path(scratch) / "meterstream.yaml"
