@@ -20,12 +20,10 @@ from tests.integration.harness import REPO
 pytestmark = pytest.mark.integration
 
 
-def test_quick_benchmark_writes_every_figure(kafka_bootstrap: str, tmp_path: Path) -> None:
-    out = tmp_path / "latest.json"
-    command = [sys.executable, "-m", "bench.run", "--quick", "--records", "3000"]
-    command += ["--latencies", "0,5", "--naive-seconds", "2", "--out", str(out)]
+def run_bench(kafka_bootstrap: str, module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` against the session broker; fails with its output tail."""
     done = subprocess.run(
-        command,
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap},
         capture_output=True,
@@ -34,6 +32,17 @@ def test_quick_benchmark_writes_every_figure(kafka_bootstrap: str, tmp_path: Pat
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_quick_benchmark_writes_every_figure(kafka_bootstrap: str, tmp_path: Path) -> None:
+    out = tmp_path / "latest.json"
+    done = run_bench(
+        kafka_bootstrap,
+        "bench.run",
+        *("--quick", "--records", "3000", "--latencies", "0,5"),
+        *("--naive-seconds", "2", "--out", str(out)),
+    )
     results = json.loads(out.read_text())
     assert results["records"] == 3000
     assert [row["latency_ms"] for row in results["runs"]] == [0.0, 5.0]
@@ -59,16 +68,7 @@ def test_quick_benchmark_writes_every_figure(kafka_bootstrap: str, tmp_path: Pat
 
 def test_profile_writes_both_listings(kafka_bootstrap: str, tmp_path: Path) -> None:
     out = tmp_path / "profile.txt"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.profile", "--records", "2000", "--output", str(out)],
-        cwd=REPO,
-        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap},
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_bench(kafka_bootstrap, "bench.profile", "--records", "2000", "--output", str(out))
     text = out.read_text()
     assert "2,000 records" in text
     assert "top 30 by own time" in text

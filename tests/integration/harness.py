@@ -15,10 +15,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
+
+if TYPE_CHECKING:
+    from connector.emulator import EmulatorServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -154,6 +157,37 @@ class ConnectorProcess:
             self.proc.wait()
         if self.proc is not None:
             self._log.close()
+
+
+class ConnectorWorld:
+    """What a test world needs to write configs and start connectors against itself.
+
+    Mixed into the integration and reliability worlds, which carry these attributes.
+    """
+
+    bootstrap: str
+    topic: str
+    dead_letter_topic: str
+    group_id: str
+    emulator: EmulatorServer
+    tmp_path: Path
+    processes: list[ConnectorProcess]
+
+    def config(self, **sections: dict[str, Any]) -> Path:
+        return write_config(
+            self.tmp_path,
+            bootstrap=self.bootstrap,
+            topic=self.topic,
+            dead_letter_topic=self.dead_letter_topic,
+            group_id=self.group_id,
+            stripe_url=self.emulator.base_url,
+            **sections,
+        )
+
+    def connector(self, config: Path, **kwargs: Any) -> ConnectorProcess:
+        process = ConnectorProcess(config, log_dir=self.tmp_path, **kwargs)
+        self.processes.append(process)
+        return process.start()
 
 
 def committed(bootstrap: str, group_id: str, topic: str, partitions: int) -> dict[int, int]:

@@ -22,13 +22,13 @@ from connector import samples
 from connector.emulator import EmulatorServer
 from tests.integration.harness import (
     ConnectorProcess,
+    ConnectorWorld,
     committed,
     end_offsets,
     headers_of,
     produce,
     read_topic,
     wait_until,
-    write_config,
 )
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ RUN_TIMEOUT_SECONDS = 120
 
 
 @dataclass
-class World:
+class World(ConnectorWorld):
     """One test's slice of the local world."""
 
     bootstrap: str
@@ -51,22 +51,6 @@ class World:
     emulator: EmulatorServer
     tmp_path: Path
     processes: list[ConnectorProcess]
-
-    def config(self, **sections: dict[str, Any]) -> Path:
-        return write_config(
-            self.tmp_path,
-            bootstrap=self.bootstrap,
-            topic=self.topic,
-            dead_letter_topic=self.dead_letter_topic,
-            group_id=self.group_id,
-            stripe_url=self.emulator.base_url,
-            **sections,
-        )
-
-    def connector(self, config: Path, **kwargs: Any) -> ConnectorProcess:
-        process = ConnectorProcess(config, log_dir=self.tmp_path, **kwargs)
-        self.processes.append(process)
-        return process.start()
 
     def produce_samples(self, count: int, *, bad_every: int = 0, **kwargs: Any) -> Any:
         expected: Any = None

@@ -28,10 +28,10 @@ from connector import samples
 from connector.emulator import EmulatorServer
 from tests.integration.harness import (
     ConnectorProcess,
+    ConnectorWorld,
     committed,
     end_offsets,
     wait_until,
-    write_config,
 )
 from tests.reliability.report import ScenarioRow
 
@@ -228,7 +228,7 @@ class Verdict:
 
 
 @dataclass
-class ReliabilityWorld:
+class ReliabilityWorld(ConnectorWorld):
     """One scenario's slice of the local world (see module docstring)."""
 
     bootstrap: str
@@ -263,22 +263,6 @@ class ReliabilityWorld:
         return by_status.get(str(status), 0)
 
     # -- running the connector -------------------------------------------------------------
-
-    def config(self, **sections: dict[str, Any]) -> Path:
-        return write_config(
-            self.tmp_path,
-            bootstrap=self.bootstrap,
-            topic=self.topic,
-            dead_letter_topic=self.dead_letter_topic,
-            group_id=self.group_id,
-            stripe_url=self.emulator.base_url,
-            **sections,
-        )
-
-    def connector(self, config: Path, **kwargs: Any) -> ConnectorProcess:
-        process = ConnectorProcess(config, log_dir=self.tmp_path, **kwargs)
-        self.processes.append(process)
-        return process.start()
 
     def run_until_idle(self, config: Path, **kwargs: Any) -> ConnectorProcess:
         process = self.connector(config, until_idle=IDLE_SECONDS, **kwargs)
