@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -159,19 +160,22 @@ class ConnectorProcess:
             self._log.close()
 
 
+@dataclass(kw_only=True)
 class ConnectorWorld:
-    """What a test world needs to write configs and start connectors against itself.
+    """One test's slice of the local world: its topics, group, emulator and connectors.
 
-    Mixed into the integration and reliability worlds, which carry these attributes.
+    The base of the integration and reliability worlds: it writes configs for them and
+    starts connectors against them (stopped by the fixture that made the world).
     """
 
     bootstrap: str
     topic: str
     dead_letter_topic: str
     group_id: str
+    partitions: int
     emulator: EmulatorServer
     tmp_path: Path
-    processes: list[ConnectorProcess]
+    processes: list[ConnectorProcess] = field(default_factory=list)
 
     def config(self, **sections: dict[str, Any]) -> Path:
         return write_config(

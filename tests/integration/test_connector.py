@@ -12,7 +12,6 @@ from __future__ import annotations
 import signal
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +38,8 @@ IDLE_SECONDS = 1.5
 RUN_TIMEOUT_SECONDS = 120
 
 
-@dataclass
 class World(ConnectorWorld):
-    """One test's slice of the local world."""
-
-    bootstrap: str
-    topic: str
-    dead_letter_topic: str
-    group_id: str
-    partitions: int
-    emulator: EmulatorServer
-    tmp_path: Path
-    processes: list[ConnectorProcess]
+    """One test's slice of the local world, with the checks these tests make."""
 
     def produce_samples(self, count: int, *, bad_every: int = 0, **kwargs: Any) -> Any:
         expected: Any = None
@@ -113,7 +102,6 @@ def world_factory(
             partitions=partitions,
             emulator=emulator,
             tmp_path=tmp_path,
-            processes=[],
         )
         made.append(world)
         return world

@@ -25,6 +25,7 @@ from tests.integration.harness import ConnectorProcess, wait_until
 from tests.reliability.report import ScenarioRow
 from tests.reliability.world import (
     ReliabilityWorld,
+    WorldFactory,
     alter_topic_config,
     free_port,
     metrics_section,
@@ -36,7 +37,6 @@ from tests.reliability.world import (
 
 pytestmark = pytest.mark.integration
 
-WorldFactory = Callable[..., ReliabilityWorld]
 
 #: A killed member holds its partitions until its session times out: keep that short.
 FAST_FAILOVER = {"session.timeout.ms": 3000, "heartbeat.interval.ms": 500}
@@ -237,9 +237,16 @@ def test_latency_spikes_past_the_request_timeout(
         world.wait_billed(2500 * spike, what=f"billing before spike {spike}")
         # Every request now takes 1 s, twice the timeout: Stripe (the emulator) still
         # accepts what the connector gave up on, so the resends meet their identifiers.
+        resent_before = world.emulator.state.duplicates
         world.emulator.configure(latency_ms=1000)
         scenario.faults += 1
-        time.sleep(3.0)
+        # The spike lasts until it has done its harm: a request the connector gave up on
+        # was accepted late, and its resend met the identifier.
+        wait_until(
+            lambda: world.emulator.state.duplicates > resent_before,  # noqa: B023
+            timeout=30,
+            what=f"a timed-out request to be resent during spike {spike}",
+        )
         world.emulator.configure(latency_ms=5)
         scenario.add_recovery(world.progress.resumed_after(time.monotonic()))
     world.wait_exit(process)
@@ -296,9 +303,11 @@ def test_dead_letter_topic_unwritable_for_a_while(
     # dead letter: each partition's position stops exactly there.
     world.wait_billed(len(world.ledger.good), what="every good record to be billed")
     wait_until(lambda: world.committed() == first_bad, timeout=30, what="commits up to the block")
-    time.sleep(max(0.0, DLQ_OUTAGE_SECONDS - (time.monotonic() - broken)))
-    assert world.committed() == first_bad, "a commit passed a record whose dead letter failed"
-    assert not_ready_because(port, "dead_letter"), "not ready for as long as the DLQ refuses"
+    # Held for the rest of the outage, checked all along (not only at its end).
+    while time.monotonic() - broken < DLQ_OUTAGE_SECONDS:
+        assert world.committed() == first_bad, "a commit passed a record whose dead letter failed"
+        assert not_ready_because(port, "dead_letter"), "not ready for as long as the DLQ refuses"
+        time.sleep(0.2)
 
     alter_topic_config(world.bootstrap, world.dead_letter_topic, {"max.message.bytes": None})
     fixed = time.monotonic()

@@ -23,7 +23,6 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -38,6 +37,7 @@ from tests.reliability.world import (
     Outgoing,
     Position,
     ReliabilityWorld,
+    WorldFactory,
     letter_headers,
     produce_exactly,
     read_all,
@@ -45,7 +45,6 @@ from tests.reliability.world import (
 
 pytestmark = pytest.mark.integration
 
-WorldFactory = Callable[..., ReliabilityWorld]
 
 #: records.max_bytes for these runs: small, so "huge" records stay cheap to produce.
 MAX_BYTES = 8192

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,17 +229,9 @@ class Verdict:
 
 @dataclass
 class ReliabilityWorld(ConnectorWorld):
-    """One scenario's slice of the local world (see module docstring)."""
+    """One scenario's slice of the local world, with its ledger (see module docstring)."""
 
-    bootstrap: str
-    topic: str
-    dead_letter_topic: str
-    group_id: str
-    partitions: int
-    emulator: EmulatorServer
-    tmp_path: Path
     row: ScenarioRow
-    processes: list[ConnectorProcess] = field(default_factory=list)
     ledger: Ledger = field(default_factory=Ledger)
     progress: Progress = field(init=False)
 
@@ -480,3 +472,7 @@ def alter_topic_config(bootstrap: str, topic: str, changes: dict[str, str | None
     resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=entries)
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(timeout=30)
+
+
+#: The ``world_factory`` fixture: ``make(partitions=4, *, bootstrap=None, ...)``.
+WorldFactory = Callable[..., ReliabilityWorld]

@@ -9,6 +9,7 @@ silence, garbage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +33,8 @@ class _Server:
         self.open_now = 0
         self.most_open = 0
         self.requests: list[bytes] = []
+        #: Set each time the server has closed a connection (its FIN is on the wire).
+        self.closed = asyncio.Event()
         self._server: asyncio.Server | None = None
         self.origin = ""
 
@@ -66,6 +69,9 @@ class _Server:
         finally:
             self.open_now -= 1
             writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            self.closed.set()
 
 
 def _answer(*chunks: bytes, keep_open: bool = True) -> Handler:
@@ -177,7 +183,7 @@ def test_a_keep_alive_connection_the_server_closed_is_replaced_transparently() -
         async with _Server(handler) as server:
             client = _client(server.origin)
             assert (await client.post("/", b"1", {})).status == 200
-            await asyncio.sleep(0.05)  # let the close travel (a race real servers also have)
+            await server.closed.wait()  # the server has closed the idle connection
             assert (await client.post("/", b"2", {})).status == 200
             await client.aclose()
         assert server.connections == 2
