@@ -258,7 +258,15 @@ class EmulatorApp:
             )
             return status, payload, None
         knobs = self.faults.knobs
-        if self.state.use_session(token, now=now, max_requests=knobs.session_max_requests) != "ok":
+        if (
+            self.state.use_session(
+                token,
+                now=now,
+                max_requests=knobs.session_max_requests,
+                expire_every=knobs.session_expire_every,
+            )
+            != "ok"
+        ):
             status, payload = v2_error(
                 401,
                 EXPIRED_TYPE,

@@ -47,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         help="expire every session after K stream requests (sessions expiring every few requests)",
     )
+    sessions.add_argument(
+        "--session-expire-every",
+        type=int,
+        metavar="N",
+        help="every Nth stream request, across all sessions, expires the session it uses "
+        "(fresh sessions refused on first use)",
+    )
     meters = parser.add_argument_group("meters")
     meters.add_argument(
         "--meter",
@@ -131,6 +138,7 @@ def knobs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "session_ttl_seconds": args.session_ttl,
         "session_max_requests": args.session_max_requests,
+        "session_expire_every": args.session_expire_every,
         "auto_meters": args.auto_meters,
         "latency_ms": args.latency_ms,
         "jitter_ms": args.jitter_ms,

@@ -107,6 +107,9 @@ class Knobs:
     session_ttl_seconds: float = DEFAULT_SESSION_TTL_SECONDS
     #: Expire every session after this many stream requests (None: never).
     session_max_requests: int | None = None
+    #: Every Nth stream request, counted across all sessions, expires the session it
+    #: uses (None: never): a session created a moment ago can be refused on first use.
+    session_expire_every: int | None = None
     #: Create a ``sum`` meter with Stripe's default keys for an unknown event name.
     auto_meters: bool = True
     #: Which endpoints faults apply to (see ``FAULT_SCOPES``).
@@ -135,6 +138,10 @@ class Knobs:
             (
                 self.session_max_requests is None or self.session_max_requests >= 1,
                 "session_max_requests must be >= 1 (or null)",
+            ),
+            (
+                self.session_expire_every is None or self.session_expire_every >= 1,
+                "session_expire_every must be >= 1 (or null)",
             ),
             (self.fault_scope in FAULT_SCOPES, f"fault_scope must be one of {FAULT_SCOPES}"),
         ]
@@ -173,7 +180,7 @@ _FLOAT_KNOBS = {
     "session_ttl_seconds",
     "clock_offset_seconds",
 }
-_INT_KNOBS = {"outage_status", "session_max_requests", "seed"}
+_INT_KNOBS = {"outage_status", "session_max_requests", "session_expire_every", "seed"}
 _BOOL_KNOBS = {"outage", "auto_meters"}
 
 
@@ -181,7 +188,13 @@ def _coerce(name: str, value: Any, current: Any) -> Any:
     if name == "failures":
         return parse_schedule(value)
     if value is None:
-        if name in {"requests_per_second", "events_per_second", "session_max_requests", "seed"}:
+        if name in {
+            "requests_per_second",
+            "events_per_second",
+            "session_max_requests",
+            "session_expire_every",
+            "seed",
+        }:
             return None
         raise KnobError(f"{name} cannot be null")
     try:

@@ -136,6 +136,8 @@ class EmulatorState:
         self.requests_rejected: dict[str, int] = {}
         self.sessions_created = 0
         self.expired_responses = 0
+        #: Stream requests seen with a session token (the ``session_expire_every`` count).
+        self.stream_requests_seen = 0
         self.requests_by_status: dict[int, int] = {}
         self.requests_by_endpoint: dict[str, int] = {}
 
@@ -201,13 +203,22 @@ class EmulatorState:
             self.sessions_created += 1
         return session
 
-    def use_session(self, token: str, *, now: float, max_requests: int | None) -> SessionCheck:
+    def use_session(
+        self,
+        token: str,
+        *,
+        now: float,
+        max_requests: int | None,
+        expire_every: int | None = None,
+    ) -> SessionCheck:
         """Count one stream request on the session of ``token``; "expired" if it may not."""
+        self.stream_requests_seen += 1
         session = self._sessions.get(token)
         if session is None or session.expires_at <= now:
             self.expired_responses += 1
             return "expired"
-        if max_requests is not None and session.uses >= max_requests:
+        expire_now = expire_every is not None and self.stream_requests_seen % expire_every == 0
+        if expire_now or (max_requests is not None and session.uses >= max_requests):
             session.expires_at = now
             self.expired_responses += 1
             return "expired"

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 import connector.emulator
-from connector import cli, config
+from connector import cli
 from connector.emulator import EmulatorClient, EmulatorProcess, EmulatorServer
 from connector.emulator import cli as emulator_cli
 
@@ -33,7 +33,7 @@ def test_the_subcommand_is_declared_and_its_parser_builds() -> None:
     args = parser.parse_args([])
 
     assert (args.host, args.port, args.session_ttl) == ("127.0.0.1", 12111, 900.0)
-    assert args.port == config.EMULATOR_DEFAULT_PORT == connector.emulator.DEFAULT_PORT
+    assert args.port == connector.emulator.DEFAULT_PORT == 12111
     assert callable(emulator_cli.main)
 
 

@@ -168,3 +168,18 @@ def test_sessions_expire_after_k_stream_requests(
     assert stats["sessions"]["created"] == 2
     assert stats["sessions"]["expired_responses"] == 3
     assert stats["events"]["accepted"] == 4
+
+
+def test_every_nth_request_expires_its_session_even_a_fresh_one(
+    emulator: EmulatorServer, http: httpx.Client
+) -> None:
+    emulator.configure(session_expire_every=3)
+    first = new_token(http)
+    assert send(http, first, [event()]).status_code == 200
+    assert send(http, first, [event()]).status_code == 200
+    assert error_of(send(http, first, [event()]))["type"] == "temporary_session_expired"
+    assert error_of(send(http, first, [event()]))["type"] == "temporary_session_expired"
+    fresh = new_token(http)  # the count runs across sessions: request 6 expires this one
+    assert send(http, fresh, [event()]).status_code == 200
+    assert error_of(send(http, fresh, [event()]))["type"] == "temporary_session_expired"
+    assert emulator.state.events_accepted == 3
