@@ -1,16 +1,18 @@
 """What to do with each Stripe answer: the retry, session and split policy for one batch.
 
-- Success (200): every event of the batch is credited to its record.
+- Success (200): every event that was sent is credited to its record.
 - Outage (``BackoffError``) or a refused key (``AuthenticationError``): wait with
   exponential backoff and jitter, never less than ``Retry-After``, and retry for as long as
   it takes; a 429 also holds every other request of the process (a shared gate). Nothing
-  is dead-lettered and nothing is credited, so offsets stay uncommitted (DESIGN 3.4).
-- Session expired: renew through the shared provider and resend. If a session made for
-  this resend is refused as expired before it served anything, renewing cannot help: the
-  batch is dead-lettered as ``session_expired`` (DESIGN 3.3). A session that expires after
-  serving requests is ordinary expiry and is simply renewed again. "Served" means any
-  answer other than expiry: a batch refused for its data (400) was authenticated by that
-  session too, so while a rejected batch is being split, the sessions it uses count.
+  is dead-lettered and nothing is credited, so offsets stay uncommitted
+  (docs/architecture.md, "Outages are not bad data").
+- Session expired: renew through the shared provider and resend at once. If the renewed
+  session is refused too, Stripe is in trouble, not the data: that is an outage like a
+  5xx (backoff, a fresh session on the next attempt, not ready after a while), and a valid
+  record is never dead-lettered for it.
+- Before every attempt, events that aged out of Stripe's 35-day window while they waited
+  (an outage, a slow backfill, retries) are dead-lettered as ``timestamp_out_of_range``;
+  the rest of the batch goes on.
 - Rejected as invalid: the batch is split in halves until the events at fault are alone;
   only those are dead-lettered (``rejected_by_stripe``), the rest are sent.
 """
@@ -20,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -48,15 +49,9 @@ from connector.mapping import MeterEventBody
 from connector.offsets import PendingRecord
 from connector.ratelimit import RateLimiter
 from connector.session import Session, SessionProvider
+from connector.timestamps import STRIPE_MAX_AGE_SECONDS, expiry_cutoff
 
 log = logging.getLogger("meterstream.delivery")
-
-#: Consecutive expiries of healthy sessions for one batch before it is treated as an outage.
-MAX_EXPIRED_RESENDS = 20
-#: Sessions whose served-request counts are remembered (a process uses one at a time).
-_SESSIONS_REMEMBERED = 8
-#: While an outage lasts, log one line per this many seconds, not one per retry.
-_OUTAGE_LOG_EVERY_SECONDS = 10.0
 
 
 class EventSender(Protocol):
@@ -71,11 +66,12 @@ OnAccepted = Callable[[Batch, str | None], None]
 OnDead = Callable[[PendingRecord, DeadLetterReason, str, str | None, MeterEventBody], None]
 
 
-class _StillExpiredError(Exception):
-    """A fresh session was refused as expired: renewal cannot help this batch."""
+class _RefusedError(Exception):
+    """Stripe refused ``batch`` (the events actually sent) as invalid."""
 
-    def __init__(self, cause: SessionExpiredError) -> None:
+    def __init__(self, batch: Batch, cause: RejectedBatchError) -> None:
         super().__init__(str(cause))
+        self.batch = batch
         self.cause = cause
 
 
@@ -93,6 +89,7 @@ class Delivery:
         on_dead: OnDead,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._sink = sink
         self._sessions = sessions
@@ -102,8 +99,8 @@ class Delivery:
         self._on_dead = on_dead
         self._sleep = sleep
         self._clock = clock
+        self._wall_clock = wall_clock
         self._gate_until = 0.0
-        self._served: OrderedDict[str, int] = OrderedDict()
         # Exponential from the initial delay up to the cap, plus jitter so that many
         # workers that failed together do not retry together.
         self._backoff = wait_exponential(
@@ -115,8 +112,6 @@ class Delivery:
         self.last_failure: str | None = None
         #: Set while Stripe refuses the API key (or the base URL is wrong): not ready at once.
         self.auth_problem: str | None = None
-        self._last_outage_log = 0.0
-        self.in_flight = 0
 
     # -- the public entry point ------------------------------------------------------
 
@@ -124,30 +119,51 @@ class Delivery:
         """Deliver a batch to the end: accepted, dead-lettered, or abandoned by cancellation."""
         stack = [batch]
         while stack:
-            part = stack.pop().drop_closed()
-            if not part.events:
-                continue
+            part = stack.pop()
             try:
-                request_id = await self._send_with_retries(part)
-            except RejectedBatchError as exc:
-                if len(part) == 1:
+                sent, request_id = await self._send_with_retries(part)
+            except _RefusedError as refused:
+                sent, exc = refused.batch, refused.cause
+                if len(sent) == 1:
                     self._on_dead(
-                        part.records[0],
+                        sent.records[0],
                         "rejected_by_stripe",
                         str(exc),
                         exc.request_id,
-                        part.events[0],
+                        sent.events[0],
                     )
                 else:
-                    left, right = part.split()
+                    left, right = sent.split()
                     stack.extend((right, left))
                 continue
-            except _StillExpiredError as exc:
-                for record, event in zip(part.records, part.events, strict=True):
-                    self._on_dead(record, "session_expired", str(exc), exc.cause.request_id, event)
-                metrics.BATCHES.labels("session_expired").inc()
+            if sent.events:
+                self._on_accepted(sent, request_id)
+
+    def _live(self, batch: Batch) -> Batch:
+        """``batch`` without handed-over events, and with aged-out events dead-lettered."""
+        live = batch.drop_closed()
+        if not live.events:
+            return live
+        cutoff = expiry_cutoff(self._wall_clock(), self._config.expiry_margin_seconds)
+        # Wire timestamps are fixed-width RFC 3339 in UTC: text order is time order.
+        if min(event["timestamp"] for event in live.events) >= cutoff:
+            return live
+        kept = Batch()
+        for event, record in zip(live.events, live.records, strict=True):
+            if event["timestamp"] >= cutoff:
+                kept.events.append(event)
+                kept.records.append(record)
                 continue
-            self._on_accepted(part, request_id)
+            self._on_dead(
+                record,
+                "timestamp_out_of_range",
+                f"expired while waiting to be sent: timestamp {event['timestamp']} is now older "
+                f"than Stripe's {STRIPE_MAX_AGE_SECONDS // 86400}-day window (checked before "
+                "each attempt, with delivery.expiry_margin_seconds of margin)",
+                None,
+                event,
+            )
+        return kept
 
     # -- retries -----------------------------------------------------------------------
 
@@ -163,15 +179,11 @@ class Delivery:
 
     def _before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        cause: str
-        if isinstance(exc, BackoffError):
-            cause = exc.cause
-        elif isinstance(exc, AuthenticationError):
-            cause = "unauthorized"
+        if isinstance(exc, AuthenticationError):
             self.auth_problem = str(exc)
-        else:
-            cause = "server_error"
-        metrics.RETRIES.labels(cause).inc()
+        metrics.RETRIES.labels(
+            exc.outcome if isinstance(exc, StripeError) else "server_error"
+        ).inc()
         metrics.BATCHES.labels("retried").inc()
         now = self._clock()
         if self.failing_since is None:
@@ -179,23 +191,22 @@ class Delivery:
         self.last_failure = str(exc)
         if isinstance(exc, BackoffError) and exc.cause == "rate_limited" and exc.retry_after:
             self._gate_until = max(self._gate_until, now + exc.retry_after)
-        if now - self._last_outage_log >= _OUTAGE_LOG_EVERY_SECONDS:
-            self._last_outage_log = now
-            extra = {"request_id": getattr(exc, "request_id", None)}
-            if isinstance(exc, AuthenticationError):
-                # Not an outage that passes by itself: an operator must fix the key or URL.
-                log.error(
-                    "Stripe refused the credentials; fix the configuration and restart "
-                    "(retrying meanwhile; nothing is dead-lettered or committed): %s",
-                    exc,
-                    extra=extra,
-                )
-            else:
-                log.warning(
-                    "Stripe unavailable, retrying (nothing is dead-lettered): %s", exc, extra=extra
-                )
+        # One line per retry; connector.logs lets one per problem through per interval.
+        extra = {"request_id": getattr(exc, "request_id", None)}
+        if isinstance(exc, AuthenticationError):
+            # Not an outage that passes by itself: an operator must fix the key or URL.
+            log.error(
+                "Stripe refused the credentials; fix the configuration and restart "
+                "(retrying meanwhile; nothing is dead-lettered or committed): %s",
+                exc,
+                extra=extra,
+            )
+        else:
+            log.warning(
+                "Stripe unavailable, retrying (nothing is dead-lettered): %s", exc, extra=extra
+            )
 
-    async def _send_with_retries(self, batch: Batch) -> str | None:
+    async def _send_with_retries(self, batch: Batch) -> tuple[Batch, str | None]:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type((BackoffError, AuthenticationError)),
             wait=self._wait,
@@ -209,72 +220,54 @@ class Delivery:
                 return await self._send_once(batch)
         raise AssertionError("unreachable: tenacity retries forever or re-raises")
 
-    async def _send_once(self, batch: Batch) -> str | None:
-        live = batch.drop_closed()
-        if not live.events:
-            return None
+    async def _send_once(self, batch: Batch) -> tuple[Batch, str | None]:
+        """One attempt: the events actually sent and Stripe's Request-Id."""
         gate = self._gate_until - self._clock()
         if gate > 0:
             await self._sleep(gate)
+        live = self._live(batch)
+        if not live.events:
+            return live, None
         await self._limiter.acquire(len(live))
         session = await self._sessions.current()
-        fresh = False
-        expiries = 0
-        while True:
+        try:
             try:
                 request_id = await self._post(live, session)
-            except SessionExpiredError as exc:
-                expiries += 1
-                if fresh and self._served.get(session.id, 0) == 0:
-                    raise _StillExpiredError(exc) from exc
-                if expiries > MAX_EXPIRED_RESENDS:
-                    raise BackoffError(str(exc), cause="server_error") from exc
+            except SessionExpiredError:
+                # Ordinary expiry: one renewal (shared by every request refused with the same
+                # token) and the same batch again at once.
                 metrics.RETRIES.labels("session_expired").inc()
-                renewed = await self._sessions.renew(session)
-                fresh = self._served.get(renewed.id, 0) == 0
-                session = renewed
-                continue
-            except RejectedBatchError:
-                self._record_served(session)  # refused for its data: the token was good
-                raise
-            self._record_served(session)
-            self._record_success()
-            return request_id
+                session = await self._sessions.renew(session)
+                request_id = await self._post(live, session)
+        except SessionExpiredError as exc:
+            # Refused again right after a renewal: an outage. Back off; the next attempt
+            # starts with yet another session.
+            self._sessions.expire(session)
+            raise BackoffError(
+                f"{exc} (again with a new session)",
+                cause="session_expired",
+                status=exc.status,
+                request_id=exc.request_id,
+            ) from exc
+        except RejectedBatchError as exc:
+            raise _RefusedError(live, exc) from exc
+        self._record_success()
+        return live, request_id
 
     async def _post(self, batch: Batch, session: Session) -> str | None:
         started = time.perf_counter()
-        self.in_flight += 1
         metrics.REQUESTS_IN_FLIGHT.inc()
         outcome = "ok"
         try:
             return await self._sink.send_events(batch.events, session)
-        except SessionExpiredError:
-            outcome = "session_expired"
-            raise
-        except BackoffError as exc:
-            outcome = exc.cause
-            raise
-        except AuthenticationError:
-            outcome = "unauthorized"
-            raise
-        except RejectedBatchError:
-            outcome = "rejected"
-            metrics.BATCHES.labels("rejected").inc()
-            raise
-        except StripeError:
-            outcome = "server_error"
+        except StripeError as exc:
+            outcome = exc.outcome
+            if isinstance(exc, RejectedBatchError):
+                metrics.BATCHES.labels("rejected").inc()
             raise
         finally:
-            self.in_flight -= 1
             metrics.REQUESTS_IN_FLIGHT.dec()
             metrics.REQUEST_DURATION.labels(outcome).observe(time.perf_counter() - started)
-
-    def _record_served(self, session: Session) -> None:
-        served = self._served
-        served[session.id] = served.get(session.id, 0) + 1
-        served.move_to_end(session.id)
-        while len(served) > _SESSIONS_REMEMBERED:
-            served.popitem(last=False)
 
     def _record_success(self) -> None:
         if self.failing_since is not None:

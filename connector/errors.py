@@ -4,14 +4,18 @@
     ├── ConfigError              stop: the configuration is wrong (exit code 2)
     ├── RecordError              dead-letter this record, with ``reason``
     ├── StripeError              raised only by ``sink``; foreign errors translated there once
-    │   ├── BackoffError         outage (429, 5xx, timeout, connection): wait, retry, never DLQ
+    │   ├── BackoffError         outage (429, 5xx, timeout, connection, sessions refused
+    │   │                        again after a renewal): wait, retry, never DLQ
     │   ├── AuthenticationError  the API key was refused: not ready, retry slowly, never DLQ
-    │   ├── SessionExpiredError  the session token expired: renew, resend the same batch once
+    │   ├── SessionExpiredError  the session token expired: renew, resend the same batch
     │   └── RejectedBatchError   refused as invalid: split, dead-letter the culprits
-    ├── DeadLetterError          the dead-letter topic cannot be written: hold commits, not ready
     └── LocalKafkaError          the local development broker could not be fetched or started
 
-Messages never contain API keys or session tokens (DESIGN 3.7).
+Each ``StripeError`` class carries ``outcome``, the label it gives the request metrics
+(``meterstream_request_duration_seconds``, ``meterstream_retries_total``), so the mapping from
+failure to metric lives here, once.
+
+Messages never contain API keys or session tokens (docs/architecture.md, "Secrets").
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ DeadLetterReason = Literal[
     "timestamp_out_of_range",  # outside Stripe's window: 35 days back, 5 minutes ahead
     "record_too_large",  # over records.max_bytes, or an event over Stripe's limits
     "rejected_by_stripe",  # Stripe answered 4xx (not 401/429) for this event alone
-    "session_expired",  # still refused as expired after a session renewal and one resend
 ]
 
 #: Every reason code, in documentation order; DLQ consumers can rely on these strings.
@@ -38,8 +41,10 @@ DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = (
     "timestamp_out_of_range",
     "record_too_large",
     "rejected_by_stripe",
-    "session_expired",
 )
+#: Reasons earlier versions wrote and this one never does (kept for DLQ readers):
+#: ``session_expired``, sessions refused after renewal, is now an outage (retried).
+RETIRED_DEAD_LETTER_REASONS: tuple[str, ...] = ("session_expired",)
 
 
 class MeterstreamError(Exception):
@@ -70,6 +75,9 @@ class RecordError(MeterstreamError):
 class StripeError(MeterstreamError):
     """A failed call to Stripe; ``request_id`` is Stripe's ``Request-Id`` when known."""
 
+    #: The request's outcome label in metrics.
+    outcome: str = "server_error"
+
     def __init__(
         self, message: str, *, status: int | None = None, request_id: str | None = None
     ) -> None:
@@ -85,26 +93,33 @@ class BackoffError(StripeError):
         self,
         message: str,
         *,
-        cause: Literal["rate_limited", "server_error", "timeout", "connection"],
+        cause: Literal["rate_limited", "server_error", "timeout", "connection", "session_expired"],
         retry_after: float | None = None,
         status: int | None = None,
         request_id: str | None = None,
     ) -> None:
         super().__init__(message, status=status, request_id=request_id)
         self.cause = cause
+        self.outcome = cause
         self.retry_after = retry_after
 
 
 class AuthenticationError(StripeError):
     """The API key (or a non-expired session token) was refused: a config or outage problem."""
 
+    outcome = "unauthorized"
+
 
 class SessionExpiredError(StripeError):
     """The meter event session token expired: renew the session and resend the batch."""
 
+    outcome = "session_expired"
+
 
 class RejectedBatchError(StripeError):
     """Stripe refused the batch as invalid (4xx other than 401/429); ``code`` is Stripe's."""
+
+    outcome = "rejected"
 
     def __init__(
         self,
@@ -116,10 +131,6 @@ class RejectedBatchError(StripeError):
     ) -> None:
         super().__init__(message, status=status, request_id=request_id)
         self.code = code
-
-
-class DeadLetterError(MeterstreamError):
-    """A record could not be written to the dead-letter topic; its offset stays uncommitted."""
 
 
 class LocalKafkaError(MeterstreamError):

@@ -1,7 +1,7 @@
 """The one meter event session per process: created lazily, renewed ahead of expiry, shared.
 
 Stripe's session tokens live 15 minutes. Every request of a process asks this provider for
-the current session (DESIGN 3.3):
+the current session (docs/architecture.md, "Sessions"):
 
 - The first call creates one; later calls get the same one until ``renew_margin_seconds``
   before its ``expires_at``, when the next caller starts a renewal.
@@ -84,6 +84,11 @@ class SessionProvider:
         if session is not None and session != stale:
             return await self.current()
         return await self._replace()
+
+    def expire(self, stale: Session) -> None:
+        """Stripe refused ``stale`` even fresh: the next ``current()`` makes a new session."""
+        if self._session == stale:
+            self._renew_at = 0.0
 
     def seconds_until_expiry(self) -> float | None:
         """Seconds left on the current session (negative once expired); None before the first."""

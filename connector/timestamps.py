@@ -61,6 +61,15 @@ def format_rfc3339_ms(epoch_seconds: float) -> str:
     return f"{prefix}.{millis:03d}Z"
 
 
+def expiry_cutoff(now: float, margin_seconds: float) -> str:
+    """The oldest wire timestamp Stripe still takes at ``now``, ``margin_seconds`` early.
+
+    Wire timestamps (``format_rfc3339_ms``) are fixed width, so comparing the text compares
+    the times: an event is expired when ``event["timestamp"] < expiry_cutoff(...)``.
+    """
+    return format_rfc3339_ms(now - STRIPE_MAX_AGE_SECONDS + margin_seconds)
+
+
 def _second_prefix(seconds: int) -> str:
     # Records arrive roughly in time order: one remembered second saves the gmtime + format
     # for most of them. A tuple swap is atomic, so concurrent callers stay correct.

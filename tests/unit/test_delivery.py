@@ -23,9 +23,14 @@ from connector.errors import (
 from connector.offsets import PartitionOffsets, PendingRecord
 from connector.ratelimit import RateLimiter
 from connector.session import Session, SessionProvider
+from connector.timestamps import STRIPE_MAX_AGE_SECONDS, format_rfc3339_ms
+
+#: The wall clock of these tests: one hour after the events' timestamp (well inside the window).
+EVENT_TIME = 1717243200.0  # 2024-06-01T12:00:00Z
+NOW = EVENT_TIME + 3600
 
 
-def _batch(n: int) -> Batch:
+def _batch(n: int, timestamps: list[float] | None = None) -> Batch:
     state = PartitionOffsets("usage", 0)
     batch = Batch()
     for i in range(n):
@@ -33,7 +38,7 @@ def _batch(n: int) -> Batch:
             {
                 "event_name": "api_requests",
                 "identifier": f"id-{i}",
-                "timestamp": "2024-06-01T12:00:00.000Z",
+                "timestamp": format_rfc3339_ms(timestamps[i] if timestamps else EVENT_TIME),
                 "payload": {"stripe_customer_id": "cus_1", "value": str(i)},
             }
         )
@@ -63,6 +68,8 @@ class Harness:
         self.sleeps: list[float] = []
         self.accepted: list[str] = []
         self.dead: list[tuple[str, str]] = []
+        self.messages: list[str] = []
+        self.now = NOW
 
         async def create() -> Session:
             self.created += 1
@@ -70,22 +77,28 @@ class Harness:
 
         async def sleep(seconds: float) -> None:
             self.sleeps.append(seconds)
+            self.now += seconds
 
         def on_dead(
             record: PendingRecord, reason: str, message: str, request_id: object, event: dict
         ) -> None:
             self.dead.append((event["identifier"], reason))
+            self.messages.append(message)
 
         self.delivery = Delivery(
             self.sender,  # type: ignore[arg-type]
             SessionProvider(create, renew_margin_seconds=60),
-            DeliveryConfig(backoff_initial_seconds=0.1, backoff_max_seconds=2.0),
+            DeliveryConfig(
+                backoff_initial_seconds=0.1, backoff_max_seconds=2.0, expiry_margin_seconds=1.0
+            ),
             limiter=RateLimiter(RateLimitConfig(), workers=1),
             on_accepted=lambda batch, _rid: self.accepted.extend(
                 e["identifier"] for e in batch.events
             ),
             on_dead=on_dead,  # type: ignore[arg-type]
             sleep=sleep,
+            clock=lambda: self.now,
+            wall_clock=lambda: self.now,
         )
 
     def run(self, batch: Batch) -> None:
@@ -168,12 +181,73 @@ def test_expired_session_is_renewed_and_the_same_batch_resent() -> None:
     assert h.sender.calls[-1][0] == h.sender.calls[-2][0]  # the same events resent
 
 
-def test_fresh_session_still_refused_as_expired_dead_letters_the_batch() -> None:
-    h = Harness(lambda _e, _s: SessionExpiredError("expired", status=401))
+def test_sessions_refused_even_when_fresh_are_an_outage_never_dead_letters() -> None:
+    """Stripe refusing new sessions is Stripe's trouble: back off, renew, never DLQ."""
+    refusals = {"left": 7}
+
+    def answer(_e: list[dict], _s: Session) -> Exception | None:
+        if refusals["left"]:
+            refusals["left"] -= 1
+            return SessionExpiredError("expired", status=401, request_id="req_exp")
+        return None
+
+    h = Harness(answer)
+    problems: list[str | None] = []
+    original = h.delivery._before_sleep
+
+    def spy(state: object) -> None:
+        original(state)  # type: ignore[arg-type]
+        problems.append(h.delivery.problem(not_ready_after=0.0))
+
+    h.delivery._before_sleep = spy  # type: ignore[method-assign]
     h.run(_batch(4))
-    assert h.accepted == []
-    assert sorted(h.dead) == [(f"id-{i}", "session_expired") for i in range(4)]
-    assert h.created == 2  # renewed once, then gave up on this batch
+    assert h.dead == []
+    assert sorted(h.accepted) == [f"id-{i}" for i in range(4)]
+    assert h.sleeps  # backed off between attempts, like any outage
+    assert problems
+    assert all(p is not None and "expired" in p for p in problems)  # not ready meanwhile
+    # Each attempt renews once and resends at once; the next attempt starts fresh again.
+    assert h.created >= 4
+    assert h.delivery.problem(not_ready_after=0.0) is None
+
+
+def test_events_that_age_out_while_waiting_are_dead_lettered_and_the_rest_goes_on() -> None:
+    edge = NOW - STRIPE_MAX_AGE_SECONDS
+    # Events 0 and 1 leave the window 5 s and 20 s from now; the others are an hour old.
+    stamps = [edge + 5, edge + 20, EVENT_TIME, EVENT_TIME]
+    outage = [BackoffError("503", cause="server_error", status=503) for _ in range(6)]
+    h = Harness(lambda _e, _s: outage.pop(0) if outage else None)
+    h.run(_batch(4, stamps))
+    cutoff = NOW + sum(h.sleeps) - STRIPE_MAX_AGE_SECONDS + 1.0  # at the last attempt
+    expected = {f"id-{i}" for i, t in enumerate(stamps) if t < cutoff}
+    assert {"id-0"} <= expected  # the outage outlasted the first event's time left
+    assert {identifier for identifier, _ in h.dead} == expected
+    assert {reason for _, reason in h.dead} == {"timestamp_out_of_range"}
+    assert all("expired while waiting" in m for m in h.messages)
+    assert sorted(h.accepted) == sorted({f"id-{i}" for i in range(4)} - expected)
+    # Nothing that aged out was ever offered again after it expired.
+    last_call = h.sender.calls[-1][0]
+    assert not expected & set(last_call)
+
+
+def test_only_events_actually_sent_are_credited() -> None:
+    """A partition handed over during a retry: its events are neither sent nor counted."""
+    other = PartitionOffsets("usage", 1)
+    calls = {"n": 0}
+
+    def answer(_e: list[dict], _s: Session) -> Exception | None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            other.closed = True  # revoked while the first attempt was refused
+            return BackoffError("503", cause="server_error", status=503)
+        return None
+
+    h = Harness(answer)
+    batch = _batch(4)
+    batch.records[1] = other.track(None, 1)
+    h.run(batch)
+    assert h.sender.calls[-1][0] == ["id-0", "id-2", "id-3"]
+    assert sorted(h.accepted) == ["id-0", "id-2", "id-3"]
 
 
 def test_closed_partitions_are_not_sent() -> None:
