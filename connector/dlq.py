@@ -1,15 +1,16 @@
 """The dead-letter producer: unbillable records kept with the reason, never lost.
 
 The original key, value and headers are written unchanged, plus ``meterstream.*`` headers
-saying why and where from (DESIGN 4). The producer is idempotent; a record's offset is
-resolved only from the delivery report, and a failed delivery is tried again (with
-backoff) instead of being dropped, so no commit passes a record the DLQ has not confirmed.
+saying why and where from (docs/architecture.md, "Dead letters"). The producer is
+idempotent; a record's offset is resolved only from the delivery report, and a failed
+delivery is tried again (with backoff) instead of being dropped, so no commit passes a
+record the DLQ has not confirmed.
 
 Headers added (all UTF-8 strings):
 
     meterstream.reason            a stable code from connector.errors.DEAD_LETTER_REASONS
     meterstream.message           what is wrong, for a human
-    meterstream.request_id        Stripe's Request-Id (rejected_by_stripe, session_expired)
+    meterstream.request_id        Stripe's Request-Id (rejected_by_stripe)
     meterstream.event_name        the event at fault (fan-out records send several)
     meterstream.event_identifier  its identifier
     meterstream.source.topic / .partition / .offset / .timestamp (ms since the epoch)
@@ -23,14 +24,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
-from connector import __version__, metrics
+from connector import __version__, kafka, metrics
 from connector.config import KafkaConfig
 from connector.errors import DeadLetterReason
-from connector.logs import Throttle
 from connector.mapping import MeterEventBody
 from connector.offsets import PendingRecord
 
@@ -73,21 +72,9 @@ class DeadLetterQueue:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.topic = config.dead_letter_topic
-        props: dict[str, Any] = {
-            **config.common_properties(),
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            # librdkafka retries internally until this; after it we retry ourselves.
-            "message.timeout.ms": 30_000,
-            "error_cb": self._on_error,
-            # librdkafka's own log lines go through our logging (format, level, redaction).
-            "logger": logging.getLogger("meterstream.kafka.producer"),
-            **config.producer,
-        }
+        props = kafka.producer_properties(config, error_cb=self._on_error)
         self._producer = Producer(props)
         self._on_written = on_written
-        self._log_throttle = Throttle()
         self._clock = clock
         self._retry: deque[_Letter] = deque()
         self.pending = 0
@@ -175,10 +162,7 @@ class DeadLetterQueue:
         self.problem = f"cannot write to dead-letter topic {self.topic}: {why}"
 
     def _on_error(self, err: KafkaError) -> None:
-        suppressed = self._log_throttle.allow(err.code())
-        if suppressed is not None:
-            more = f" ({suppressed} similar since the last report)" if suppressed else ""
-            log.warning("dead-letter producer: %s%s", err.str(), more)
+        log.warning("dead-letter producer: %s", err.str())  # throttled by connector.logs
 
     def poll(self) -> None:
         """Serve delivery reports and re-send letters whose retry time came."""
@@ -195,5 +179,10 @@ class DeadLetterQueue:
                     self._retry.append(letter)
 
     def flush(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for outstanding delivery reports."""
+        """Send letters waiting for a retry now, then wait up to ``timeout`` seconds for
+        every outstanding delivery report (served on the calling thread)."""
+        now = self._clock()
+        for letter in self._retry:
+            letter.next_try = min(letter.next_try, now)
+        self.poll()
         self._producer.flush(timeout)

@@ -1,4 +1,4 @@
-"""Which offsets may be committed: the contiguous resolved prefix of each partition.
+"""The offsets ledger: what each consumed record still owes, and what may be committed.
 
 Every consumed record becomes a ``PendingRecord`` that counts its outstanding obligations
 (events not yet answered by Stripe, a dead-letter write not yet confirmed). A partition's
@@ -9,11 +9,21 @@ unfinished one waits, so a commit never passes an unresolved record.
 
 Kafka offsets may have gaps (compaction, transaction markers), so "contiguous" means
 contiguous in consumption order, never ``offset + 1`` arithmetic across records.
+
+``OffsetLedger`` holds one ``PartitionOffsets`` per assigned partition and counts the
+records it *holds*: every record not yet behind the committable position, resolved or not.
+That count, not the unresolved one, bounds memory (docs/architecture.md, "Bounded"): when
+one record cannot be resolved (the dead-letter topic is unwritable), every record behind
+it stays held with its Kafka message, so fetching must pause on held records.
+
+Threads: the ledger is touched only on the event loop thread; commit confirmations from
+librdkafka's poll thread reach it through ``loop.call_soon_threadsafe``.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -69,11 +79,19 @@ class PartitionOffsets:
         self.last_offset = offset
         return record
 
-    def position(self) -> int | None:
-        """The commit position: first unresolved offset, or one past the last consumed."""
+    def settle(self) -> int:
+        """Drop the resolved prefix; return how many records it released."""
         pending = self.pending
+        released = 0
         while pending and pending[0].remaining <= 0:
             pending.popleft()
+            released += 1
+        return released
+
+    def position(self) -> int | None:
+        """The commit position: first unresolved offset, or one past the last consumed."""
+        self.settle()
+        pending = self.pending
         if pending:
             return pending[0].offset
         if self.last_offset is None:
@@ -92,3 +110,81 @@ class PartitionOffsets:
         """How many records still wait (after dropping the resolved prefix)."""
         self.position()
         return sum(1 for record in self.pending if record.remaining > 0)
+
+
+Key = tuple[str, int]
+
+
+class OffsetLedger:
+    """Every assigned partition's ``PartitionOffsets``, and how many records they hold.
+
+    ``held`` counts records consumed and not yet passed by their partition's commit
+    position; ``on_resolved`` is called whenever a record becomes resolved (the loop waits
+    on it to resume fetching or to finish a drain).
+    """
+
+    def __init__(self, on_resolved: Callable[[], None] = lambda: None) -> None:
+        self.partitions: dict[Key, PartitionOffsets] = {}
+        self._on_resolved = on_resolved
+
+    def __len__(self) -> int:
+        return len(self.partitions)
+
+    def get(self, topic: str, partition: int) -> PartitionOffsets | None:
+        """The open state of an assigned partition, or None (not assigned, handed over)."""
+        return self.partitions.get((topic, partition))
+
+    def finish(self, record: PendingRecord, count: int = 1) -> None:
+        """``count`` obligations of ``record`` are done (events answered, a letter confirmed)."""
+        was_open = record.remaining > 0
+        record.remaining -= count
+        if was_open and record.remaining <= 0 and not record.partition.closed:
+            self._on_resolved()
+
+    @property
+    def held(self) -> int:
+        """Records held in memory: unresolved, or resolved behind an unresolved one."""
+        total = 0
+        for state in self.partitions.values():
+            state.settle()
+            total += len(state.pending)
+        return total
+
+    @property
+    def unresolved(self) -> int:
+        """Records still owing something, over every assigned partition."""
+        return sum(state.unresolved for state in self.partitions.values())
+
+    def assign(self, keys: Iterable[Key]) -> None:
+        """Fresh state for newly assigned partitions (a returning partition starts anew)."""
+        for topic, partition in keys:
+            self.partitions[(topic, partition)] = PartitionOffsets(topic, partition)
+
+    def close(self, state: PartitionOffsets) -> int:
+        """Forget a revoked or lost partition; return how many of its records were unresolved.
+
+        Closed, its records' late answers change nothing here, and its letters waiting in
+        the dead-letter producer are dropped (the next owner dead-letters them again).
+        """
+        state.closed = True
+        del self.partitions[(state.topic, state.partition)]
+        return state.unresolved
+
+    def positions(
+        self, states: Iterable[PartitionOffsets] | None = None
+    ) -> list[tuple[PartitionOffsets, int]]:
+        """Commit positions that advanced since the last commit, per partition."""
+        chosen = list(self.partitions.values()) if states is None else states
+        return [(state, pos) for state in chosen if (pos := state.to_commit()) is not None]
+
+    def committed(self, key: Key, position: int) -> None:
+        """A commit of ``position`` was handed to Kafka for ``key``."""
+        state = self.partitions.get(key)
+        if state is not None:
+            state.committed = position
+
+    def commit_failed(self, key: Key) -> None:
+        """Kafka refused a commit for ``key``: the next commit sends the position again."""
+        state = self.partitions.get(key)
+        if state is not None:
+            state.committed = None

@@ -50,6 +50,8 @@ class ScenarioRow:
     recoveries: list[float] = field(default_factory=list)
     #: How many times the fault was injected.
     faults: int = 0
+    #: Peak resident memory of the connector while the fault lasted (MB), where measured.
+    peak_rss_mb: float | None = None
     #: What "recovered" means here when it is not "billing resumed", and anything notable.
     notes: str = ""
     outcome: str = "unknown"
@@ -100,7 +102,7 @@ class ReliabilityReport:
         table.add_column("scenario", overflow="fold")
         for name in ("records in", "billed", "dead-lettered", "dup. absorbed"):
             table.add_column(name, justify="right")
-        for name in ("lost", "double-billed", "faults", "recovery s", "outcome"):
+        for name in ("lost", "double-billed", "faults", "recovery s", "peak RSS MB", "outcome"):
             table.add_column(name, justify="right")
         for row in self.rows:
             table.add_row(
@@ -113,6 +115,7 @@ class ReliabilityReport:
                 _figure(row.double_billed),
                 str(row.faults or "-"),
                 "-" if row.recovery_seconds is None else f"{row.recovery_seconds:.2f}",
+                "-" if row.peak_rss_mb is None else f"{row.peak_rss_mb:.0f}",
                 row.outcome,
             )
         console = Console(width=160, record=True, file=open(os.devnull, "w"))  # noqa: SIM115

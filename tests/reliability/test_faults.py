@@ -18,16 +18,20 @@ import signal
 import time
 from collections.abc import Callable
 
+import orjson
 import pytest
 
 from connector.localkafka import LocalKafka
-from tests.integration.harness import ConnectorProcess, wait_until
+from connector.timestamps import STRIPE_MAX_AGE_SECONDS
+from tests.integration.harness import ConnectorProcess, scrape, wait_until
 from tests.reliability.report import ScenarioRow
 from tests.reliability.world import (
+    Outgoing,
     ReliabilityWorld,
     WorldFactory,
     alter_topic_config,
     free_port,
+    letter_headers,
     metrics_section,
     not_ready_because,
     read_all,
@@ -410,3 +414,181 @@ def test_rebalances_under_load(world_factory: WorldFactory, scenario: ScenarioRo
     world.wait_exit(base)
 
     world.assert_exactly_once()
+
+
+def test_sessions_refused_right_after_renewal(
+    world_factory: WorldFactory, scenario: ScenarioRow
+) -> None:
+    """Every 5th stream request, across all sessions, expires the session it used: with 64
+    requests in flight a session made a moment ago is refused on its first use. Stripe's
+    trouble, not the data's: nothing valid may be dead-lettered for it."""
+    world = world_factory(partitions=4, latency_ms=5, jitter_ms=10, session_expire_every=5)
+    world.produce_samples(40_000, bad_every=2500)
+
+    world.run_until_idle(
+        world.config(
+            batching={"max_in_flight": 64},
+            delivery={"backoff_initial_seconds": 0.02, "backoff_max_seconds": 0.5},
+        )
+    )
+
+    world.assert_exactly_once()  # includes: no valid record dead-lettered
+    sessions = world.emulator.stats()["sessions"]
+    scenario.faults = sessions["expired_responses"]
+    scenario.notes = f"{sessions['created']} sessions, {sessions['expired_responses']} refused"
+    assert sessions["expired_responses"] > 50, "sessions were really refused, many times"
+
+
+#: How close to the edge of Stripe's 35-day window the edge records are produced.
+EDGE_SECONDS = 8.0
+
+
+def test_events_expiring_while_stripe_is_down(
+    world_factory: WorldFactory, scenario: ScenarioRow
+) -> None:
+    """Records a few seconds from the window's edge, and an outage longer than that: they
+    are dead-lettered as expired while they wait; everything else is billed once."""
+    world = world_factory(partitions=2, latency_ms=5)
+    world.emulator.configure(outage=True)
+    scenario.faults = 1
+    # Computed here, not at import: the edge is "now" when the test runs.
+    edge = time.time() - STRIPE_MAX_AGE_SECONDS + EDGE_SECONDS
+    expiring = [
+        Outgoing(
+            None,
+            orjson.dumps(
+                {
+                    "id": f"edge-{n}",
+                    "customer": "cus_edge",
+                    "event_name": "api_requests",
+                    "value": 1,
+                    "timestamp": int(edge),
+                }
+            ),
+        )
+        for n in range(40)
+    ]
+    world.produce(expiring, [frozenset({"timestamp_out_of_range"})] * len(expiring))
+    world.produce_samples(3000, bad_every=97)
+    process = world.connector(
+        world.config(
+            delivery={
+                "backoff_initial_seconds": 0.05,
+                "backoff_max_seconds": 0.5,
+                "expiry_margin_seconds": 1.0,
+            }
+        ),
+        until_idle=IDLE,
+    )
+
+    def expired_letters() -> int:
+        return sum(
+            1
+            for letter in read_all(world.bootstrap, world.dead_letter_topic, timeout=5)
+            if letter_headers(letter).get("meterstream.reason") == "timestamp_out_of_range"
+        )
+
+    wait_until(
+        lambda: expired_letters() >= len(expiring), timeout=60, what="the edge records to expire"
+    )
+    assert world.billed_now == 0, "Stripe was down all along"
+    world.emulator.configure(outage=False)
+    scenario.add_recovery(world.progress.resumed_after(time.monotonic()))
+    world.wait_exit(process)
+
+    world.assert_exactly_once()
+    messages = {
+        letter_headers(letter).get("meterstream.message", "")
+        for letter in read_all(world.bootstrap, world.dead_letter_topic)
+        if letter.value() and b"edge-" in letter.value()
+    }
+    assert messages
+    assert all("expired while waiting" in message for message in messages), messages
+
+
+#: The backlog consumed while the dead-letter topic refuses writes, and for how long.
+BACKLOG = 200_000
+DLQ_BLOCKED_SECONDS = 60.0
+
+
+def test_dead_letter_topic_unwritable_under_a_large_backlog(
+    world_factory: WorldFactory, scenario: ScenarioRow
+) -> None:
+    """Records resolved behind an unwritable dead letter stay in memory with their Kafka
+    messages: they count toward max_buffered_records, fetching pauses, RSS stays flat."""
+    import psutil
+
+    bound = 20_000
+    world = world_factory(partitions=4, latency_ms=2, dlq_config={"max.message.bytes": "1"})
+    world.produce_samples(BACKLOG, bad_every=97)
+    port = free_port()
+    config = world.config(
+        batching={"max_buffered_records": bound},
+        commit={"interval_ms": 500},
+        metrics=metrics_section(port),
+    )
+    process = world.connector(config, until_idle=IDLE)
+    blocked = time.monotonic()
+    scenario.faults = 1
+    wait_until(
+        lambda: not_ready_because(port, "dead_letter"), timeout=60, what="/readyz to blame the DLQ"
+    )
+    assert process.proc is not None
+    connector = psutil.Process(process.proc.pid)
+    samples: list[tuple[float, int, float]] = []  # (time, RSS, buffered records)
+    consumed = paused = 0.0
+    while time.monotonic() - blocked < DLQ_BLOCKED_SECONDS:
+        series = scrape(port)
+        buffered = series.get("meterstream_buffered_records", 0.0)
+        samples.append((time.monotonic() - blocked, connector.memory_info().rss, buffered))
+        consumed = max(
+            consumed,
+            sum(v for k, v in series.items() if k.startswith("meterstream_records_consumed_total")),
+        )
+        paused = max(paused, series.get("meterstream_paused_partitions", 0.0))
+        time.sleep(0.5)
+    alter_topic_config(world.bootstrap, world.dead_letter_topic, {"max.message.bytes": None})
+    fixed = time.monotonic()
+    world.wait_billed(world.billed_now + 1, what="billing to resume after the fix")
+    scenario.add_recovery(time.monotonic() - fixed)
+    world.wait_exit(process, timeout=300)
+
+    world.assert_exactly_once()
+    peak = max(rss for _t, rss, _b in samples)
+    scenario.peak_rss_mb = round(peak / 2**20, 1)
+    # Fetching paused: what was consumed during the block is the bound plus the polls in
+    # flight when it paused, not the backlog...
+    assert paused == world.partitions
+    assert consumed <= bound + 2 * 1000, f"consumed {consumed:.0f} of {BACKLOG} while blocked"
+    # ...held records stay within the bound (plus one poll fetched before the pause)...
+    assert max(b for _t, _rss, b in samples) <= bound + 1000, samples[-5:]
+    # ...and memory is flat while the block lasts: the second half adds nothing to the first.
+    half = [rss for t, rss, _b in samples if t <= DLQ_BLOCKED_SECONDS / 2]
+    late = [rss for t, rss, _b in samples if t > DLQ_BLOCKED_SECONDS / 2]
+    assert max(late) - max(half) < 32 * 2**20, f"RSS grew from {max(half)} to {max(late)} bytes"
+
+
+#: Long enough for a failing dead letter's retry backoff to reach its 5 s cap.
+DLQ_BACKOFF_SECONDS = 9.0
+
+
+def test_dead_letters_confirmed_during_shutdown_are_committed(
+    world_factory: WorldFactory, scenario: ScenarioRow
+) -> None:
+    """SIGTERM right after the dead-letter topic is fixed, while the letter waits out its
+    retry backoff: the shutdown sends and flushes it before the final commit, so the next
+    owner does not dead-letter the record again."""
+    world = world_factory(partitions=1, latency_ms=2, dlq_config={"max.message.bytes": "1"})
+    world.produce_samples(300, bad_every=50)
+    config = world.config(commit={"interval_ms": 200}, shutdown={"drain_timeout_seconds": 1.0})
+    process = world.connector(config)
+    world.wait_billed(len(world.ledger.good), what="every good record to be billed")
+    # The letters fail again and again; their retry backoff grows to its cap.
+    time.sleep(DLQ_BACKOFF_SECONDS)
+    first_bad = min(offset for _p, offset in world.ledger.bad)
+    assert world.committed() == {0: first_bad}, "held at the first record without a letter"
+    alter_topic_config(world.bootstrap, world.dead_letter_topic, {"max.message.bytes": None})
+    process.signal(signal.SIGTERM)
+    scenario.faults = 1
+    assert process.wait(60) == 0, process.log_tail()
+    world.assert_exactly_once()  # includes: committed to the end, each letter written once
