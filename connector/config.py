@@ -35,8 +35,6 @@ from connector.errors import ConfigError
 STRIPE_MAX_EVENTS_PER_REQUEST = 100
 #: A meter event session token lives 15 minutes; renewing later than that is pointless.
 STRIPE_SESSION_LIFETIME_SECONDS = 900.0
-#: The local emulator's documented default port (``meterstream emulator``).
-EMULATOR_DEFAULT_PORT = 12111
 
 LibrdkafkaValue = str | int | float | bool
 
@@ -217,6 +215,9 @@ class DeliveryConfig(_Section):
     backoff_max_seconds: float = Field(30.0, gt=0, le=3600)
     #: After failing this long without a success, the process reports not-ready.
     not_ready_after_seconds: float = Field(30.0, gt=0, le=3600)
+    #: Before each attempt, events this close to leaving Stripe's 35-day window (or past
+    #: it) are dead-lettered as expired: one attempt plus clock skew must fit in it.
+    expiry_margin_seconds: float = Field(60.0, ge=0, le=86_400)
 
 
 class RateLimitConfig(_Section):
@@ -255,6 +256,9 @@ class LoggingConfig(_Section):
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
+    #: At most one line per distinct problem per this many seconds, then a count of the
+    #: repeats suppressed (a down broker is reported once, not 20 times a second). 0: off.
+    repeat_seconds: float = Field(30.0, ge=0, le=3600)
 
 
 class MeterstreamConfig(BaseSettings):
@@ -377,13 +381,34 @@ def load_config(
         os.environ.clear()
         os.environ.update(environ)
     try:
-        return MeterstreamConfig(**data)
+        config = MeterstreamConfig(**data)
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from None
     finally:
         if saved is not None:
             os.environ.clear()
             os.environ.update(saved)
+    problems = semantic_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def semantic_problems(config: MeterstreamConfig) -> list[tuple[str, str]]:
+    """What ``run`` would refuse beyond the schema: the mapping's compiled checks and the
+    librdkafka properties. ``load_config`` applies them, so ``check-config`` and ``run``
+    accept exactly the same files."""
+    # Imported here: both modules import this one.
+    from connector.kafka import property_problems
+    from connector.mapping import Mapper
+
+    problems: list[tuple[str, str]] = []
+    try:
+        Mapper(config.mapping)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    problems.extend(property_problems(config.kafka))
+    return problems
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -251,11 +251,15 @@ class Client:
             f"Content-Length: {len(body)}\r\n\r\n"
         )
         data = head.encode("latin-1") + body
+        loop = asyncio.get_running_loop()
+        # One budget for the whole request: waiting for a connection, connecting, sending,
+        # reading, and the one transparent retry on a connection closed while idle.
+        deadline = loop.time() + self._timeout
         for attempt in (1, 2):
-            connection = await self._acquire()
+            connection = await self._acquire(deadline)
             reused = connection.served > 0
             try:
-                response = await connection.request(data, self._timeout)
+                response = await connection.request(data, max(0.0, deadline - loop.time()))
             except HTTPConnectionError:
                 connection.close()
                 if attempt == 1 and reused and connection.received_nothing:
@@ -268,9 +272,8 @@ class Client:
             return response
         raise AssertionError("unreachable: the second attempt returns or raises")
 
-    async def _acquire(self) -> _Connection:
+    async def _acquire(self, deadline: float) -> _Connection:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
         while True:
             if self._closed:
                 raise HTTPConnectionError("client closed")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -107,34 +108,113 @@ class WorkerIndex(logging.Filter):
         return True
 
 
-class Throttle:
-    """Says whether a recurring message may be logged now: once per ``interval`` per key.
+class RepeatFilter(logging.Filter):
+    """At most one line per signature per ``interval`` seconds, whoever logs it.
 
     A broker that is down makes librdkafka report a failed connect every few tens of
-    milliseconds; the operator needs the first line and a count, not a flood.
+    milliseconds, forever; a bad record stream repeats one refusal per record. The operator
+    needs the first line and a count, not a flood that buries the line that matters.
+
+    The signature is the logger, the level and the message; for warnings and errors the
+    parts that vary between repeats of one problem (numbers, Stripe ids) are blanked, so
+    "Connect to ... failed (after 3ms)" and "(after 7ms)" are one problem. The next line
+    let through after a quiet spell says how many were suppressed; ``report()`` (called
+    from the consume loop) says it for problems that have stopped repeating.
     """
 
-    def __init__(self, interval: float = 30.0, clock: Callable[[], float] = time.monotonic):
+    #: Signatures remembered at most (the oldest are reported and forgotten first).
+    MAX_SIGNATURES = 10_000
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self.interval = interval
         self._clock = clock
-        self._last: dict[object, float] = {}
-        self._suppressed: dict[object, int] = {}
+        self._lock = threading.Lock()
+        #: signature -> [start of its window, lines suppressed in it, a sample record]
+        self._windows: dict[tuple[str, int, str], list[Any]] = {}
+        self._next_report = 0.0
 
-    def allow(self, key: object) -> int | None:
-        """None to stay quiet; else how many were suppressed since the last line (0+)."""
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.interval <= 0 or getattr(record, "repeat_summary", False):
+            return True
+        key = _signature(record)
         now = self._clock()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return None
-        self._last[key] = now
-        return self._suppressed.pop(key, 0)
+        with self._lock:
+            window = self._windows.get(key)
+            if window is not None and now - window[0] < self.interval:
+                window[1] += 1
+                return False
+            suppressed = window[1] if window is not None else 0
+            self._windows.pop(key, None)  # re-inserted last: oldest first when pruning
+            self._windows[key] = [now, 0, record]
+            if len(self._windows) > self.MAX_SIGNATURES:
+                del self._windows[next(iter(self._windows))]
+        if suppressed:
+            record.msg = f"{record.getMessage()} [{suppressed} similar lines suppressed]"
+            record.args = None
+        return True
+
+    def report(self, *, final: bool = False) -> None:
+        """Log how many lines were suppressed for problems whose window has closed (every
+        window when ``final``: at shutdown, so no count is lost)."""
+        now = self._clock()
+        if now < self._next_report and not final:
+            return
+        self._next_report = now + min(1.0, self.interval)
+        due: list[tuple[int, logging.LogRecord]] = []
+        with self._lock:
+            for key, (start, suppressed, sample) in list(self._windows.items()):
+                if final or now - start >= self.interval:
+                    del self._windows[key]
+                    if suppressed:
+                        due.append((suppressed, sample))
+        for suppressed, sample in due:
+            logging.getLogger(sample.name).log(
+                sample.levelno,
+                "%d similar lines suppressed in %g s, like: %s",
+                suppressed,
+                self.interval,
+                sample.getMessage(),
+                extra={"repeat_summary": True},
+            )
 
 
-def configure(level: str = "INFO", fmt: str = "text", *, worker: int | None = None) -> None:
-    """Install one stderr handler on the root logger (idempotent: replaces earlier ones)."""
+#: Parts of a warning that vary between repeats of one problem: numbers and Stripe ids.
+_VARYING = re.compile(r"\b[a-z]{2,8}_[A-Za-z0-9]{6,}\b|\d+(?:\.\d+)*")
+
+
+def _signature(record: logging.LogRecord) -> tuple[str, int, str]:
+    message = record.getMessage()
+    if record.levelno >= logging.WARNING:
+        message = _VARYING.sub("#", message)
+    return record.name, record.levelno, message[:500]
+
+
+_repeats: RepeatFilter | None = None
+
+
+def report_repeats(*, final: bool = False) -> None:
+    """Say how many repeated lines were suppressed (a no-op until ``configure``)."""
+    if _repeats is not None:
+        _repeats.report(final=final)
+
+
+def configure(
+    level: str = "INFO",
+    fmt: str = "text",
+    *,
+    worker: int | None = None,
+    repeat_seconds: float = 30.0,
+) -> None:
+    """Install one stderr handler on the root logger (idempotent: replaces earlier ones).
+
+    ``repeat_seconds``: at most one line per distinct problem per this many seconds (0: off).
+    """
+    global _repeats
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    _repeats = RepeatFilter(repeat_seconds)
+    handler.addFilter(_repeats)
     handler.addFilter(RedactSecrets())
     if worker is not None:
         handler.addFilter(WorkerIndex(worker))

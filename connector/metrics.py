@@ -45,7 +45,7 @@ RECORDS_CONSUMED = Counter("meterstream_records_consumed", "Records read from Ka
 EVENTS_SENT = Counter("meterstream_events_sent", "Meter events Stripe accepted.")
 BATCHES = Counter(
     "meterstream_batches",
-    "Requests to the meter event stream, by outcome (ok, retried, rejected, session_expired).",
+    "Requests to the meter event stream, by outcome (ok, retried, rejected).",
     ["outcome"],
 )
 DEAD_LETTERS = Counter(
@@ -101,7 +101,8 @@ PAUSED_PARTITIONS = Gauge(
 )
 BUFFERED_RECORDS = Gauge(
     "meterstream_buffered_records",
-    "Records consumed and not yet resolved (billed or dead-lettered).",
+    "Records held in memory: not yet resolved (billed or dead-lettered), or resolved behind "
+    "one that is not; fetching pauses at batching.max_buffered_records.",
     multiprocess_mode="livesum",
 )
 #: Info is not supported in multiprocess mode; the supervisor's own registry carries it.

@@ -112,7 +112,9 @@ def run_main(args: argparse.Namespace) -> int:
         from connector.errors import ConfigError
 
         raise ConfigError([("--until-idle", "must be zero or more seconds")])
-    configure_logging(config.logging.level, config.logging.format)
+    configure_logging(
+        config.logging.level, config.logging.format, repeat_seconds=config.logging.repeat_seconds
+    )
     if args.workers == 1:
         return _run_single(config, args.until_idle)
     return _supervise(config, args.workers, args.until_idle)
@@ -167,7 +169,12 @@ def _worker_process(
     from connector.logs import configure as configure_logging
     from connector.worker import run_worker
 
-    configure_logging(config.logging.level, config.logging.format, worker=index)
+    configure_logging(
+        config.logging.level,
+        config.logging.format,
+        worker=index,
+        repeat_seconds=config.logging.repeat_seconds,
+    )
     health = HealthState(
         max_heartbeat_age=config.metrics.liveness_max_age_seconds,
         status_file=Path(status) / f"worker-{index}.json",

@@ -17,6 +17,7 @@ placed in the Authorization header.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import itertools
 import math
@@ -208,15 +209,18 @@ class StripeSink:
 
     async def _post(self, url: str, content: bytes, token: str, *, session: bool) -> httpx.Response:
         try:
-            return await next(self._next).post(
-                url,
-                content=content,
-                headers={
-                    "Authorization": f"Bearer {token}",
-                    "Content-Type": "application/json",
-                },
-            )
-        except httpx.TimeoutException as exc:
+            # httpx's timeout is per phase (pool, connect, write, read): this one bounds the
+            # whole attempt, as stripe.request_timeout_seconds promises.
+            async with asyncio.timeout(self._config.request_timeout_seconds):
+                return await next(self._next).post(
+                    url,
+                    content=content,
+                    headers={
+                        "Authorization": f"Bearer {token}",
+                        "Content-Type": "application/json",
+                    },
+                )
+        except (httpx.TimeoutException, TimeoutError) as exc:
             raise BackoffError(
                 f"timed out after {self._config.request_timeout_seconds:g} s calling Stripe "
                 f"({type(exc).__name__})",

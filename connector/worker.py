@@ -21,9 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import signal
-import socket
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -33,16 +31,16 @@ from typing import Any, TypeVar
 import orjson
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
-from connector import metrics
+from connector import kafka, metrics
 from connector.batching import Batch, Batcher
 from connector.config import MeterstreamConfig
 from connector.delivery import Delivery
 from connector.dlq import DeadLetterQueue
-from connector.errors import ConfigError, DeadLetterReason, RecordError
+from connector.errors import DeadLetterReason, RecordError
 from connector.health import HealthState
-from connector.logs import Throttle
+from connector.logs import report_repeats
 from connector.mapping import Mapper, MeterEventBody
-from connector.offsets import PartitionOffsets, PendingRecord
+from connector.offsets import OffsetLedger, PartitionOffsets, PendingRecord
 from connector.ratelimit import RateLimiter
 from connector.records import decode
 from connector.session import SessionProvider
@@ -60,22 +58,8 @@ RESUME_FRACTION = 0.5
 IDLE_CHECK_EVERY_SECONDS = 0.5
 #: Bound of each broker call of the burst-mode check: a slow answer means "not yet".
 IDLE_CHECK_TIMEOUT_SECONDS = 2.0
-#: librdkafka statistics interval: how soon /readyz sees Kafka come back (or go away).
-KAFKA_STATS_INTERVAL_MS = 2000
-#: Commit refusals that only mean "the group is rebalancing" (not worth a warning).
-_REBALANCE_COMMIT_ERRORS = frozenset(
-    {
-        KafkaError.REBALANCE_IN_PROGRESS,
-        KafkaError.ILLEGAL_GENERATION,
-        KafkaError.UNKNOWN_MEMBER_ID,
-        KafkaError.STALE_MEMBER_EPOCH,
-    }
-)
-#: librdkafka consumer settings the connector owns: users may not override them.
-RESERVED_CONSUMER_KEYS = frozenset(
-    {"group.id", "enable.auto.commit", "enable.auto.offset.store", "on_commit"}
-)
-
+#: At shutdown, how long dead letters still in flight may take to confirm after the drain.
+DLQ_FLUSH_GRACE_SECONDS = 2.0
 Key = tuple[str, int]
 
 
@@ -91,14 +75,6 @@ class Worker:
         index: int = 0,
         until_idle: float | None = None,
     ) -> None:
-        reserved = RESERVED_CONSUMER_KEYS & set(config.kafka.consumer)
-        if reserved:
-            raise ConfigError(
-                [
-                    (f"kafka.consumer.{key}", "managed by meterstream; remove it")
-                    for key in sorted(reserved)
-                ]
-            )
         self.config = config
         self.health = health
         self.index = index
@@ -108,10 +84,9 @@ class Worker:
         self._max_bytes = config.records.max_bytes
         self._batcher = Batcher(config.batching.max_events, config.batching.linger_ms / 1000)
         self._limiter = RateLimiter(config.rate_limit, workers=workers)
-        self._partitions: dict[Key, PartitionOffsets] = {}
+        self._ledger = OffsetLedger(on_resolved=self._wake)
         self._ready: deque[Batch] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._outstanding = 0  # consumed records not yet resolved
         self._paused = False
         #: Partitions assigned since the last backpressure check: paused or resumed there.
         self._newly_assigned: list[TopicPartition] = []
@@ -119,9 +94,7 @@ class Worker:
         self._last_commit = 0.0
         self._last_activity = time.monotonic()
         self._last_idle_check = 0.0
-        self._ever_assigned = False
         self._offsets_reader: Any = None
-        self._kafka_log_throttle = Throttle()
         self._kafka_problem: str | None = None
         self._changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -135,26 +108,12 @@ class Worker:
         self._stopping = True
 
     def _consumer_properties(self) -> dict[str, Any]:
-        kafka = self.config.kafka
-        return {
-            **kafka.common_properties(),
-            "group.id": kafka.group_id,
-            "client.id": f"meterstream-{socket.gethostname()}-{os.getpid()}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": kafka.auto_offset_reset,
-            "partition.assignment.strategy": "cooperative-sticky",
-            "enable.partition.eof": False,
-            "error_cb": self._on_kafka_error,
-            "on_commit": self._on_commit,
-            # Broker states every few seconds: librdkafka reports "all brokers down" once,
-            # and never that they are back; the statistics say both.
-            "statistics.interval.ms": KAFKA_STATS_INTERVAL_MS,
-            "stats_cb": self._on_kafka_stats,
-            # librdkafka's own log lines go through our logging (format, level, redaction).
-            "logger": logging.getLogger("meterstream.kafka.consumer"),
-            **kafka.consumer,
-        }
+        return kafka.consumer_properties(
+            self.config.kafka,
+            error_cb=self._on_kafka_error,
+            on_commit=self._on_commit,
+            stats_cb=self._on_kafka_stats,
+        )
 
     async def run(self) -> None:
         """Consume until stopped (or idle in burst mode), then hand over cleanly."""
@@ -230,7 +189,12 @@ class Worker:
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.config.shutdown.drain_timeout_seconds
         self._drain_deadline = deadline
-        await self._drain(list(self._partitions.values()), deadline)
+        await self._drain(list(self._ledger.partitions.values()), deadline)
+        # Letters confirmed now are committed now: flushed after the final commit, they
+        # would be dead-lettered again by the next owner.
+        # On this thread: delivery reports run the ledger's callbacks. Letters waiting for a
+        # retry go now; a drain that timed out still gets a short grace for their reports.
+        self._dlq.flush(max(DLQ_FLUSH_GRACE_SECONDS, deadline - time.monotonic()))
         final = self._positions()
         commit_final: Callable[[], bool] = functools.partial(self._commit_offsets, final, sync=True)
         if final:
@@ -246,7 +210,7 @@ class Worker:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._dlq.flush(max(0.0, deadline - time.monotonic()))
+        report_repeats(final=True)
         log.info(
             "stopped: %d records consumed, %d events sent, %d dead-lettered",
             self.stats["consumed"],
@@ -257,7 +221,7 @@ class Worker:
     # -- ingest: records to events ---------------------------------------------------------
 
     def _ingest(self, messages: list[Any]) -> None:
-        partitions = self._partitions
+        ledger = self._ledger
         mapper = self._mapper.map
         batcher_add = self._batcher.add
         max_bytes = self._max_bytes
@@ -269,12 +233,11 @@ class Worker:
                 continue
             topic = msg.topic()
             partition = msg.partition()
-            state = partitions.get((topic, partition))
+            state = ledger.get(topic, partition)
             if state is None:  # fetched just before a revocation: the new owner reads it
                 continue
             offset = msg.offset()
             record = state.track(msg, offset)
-            self._outstanding += 1
             consumed[topic] = consumed.get(topic, 0) + 1
             try:
                 events = mapper(
@@ -335,18 +298,13 @@ class Worker:
             log.error("delivery task failed unexpectedly", exc_info=task.exception())
         self._dispatch()
 
-    def _finish(self, record: PendingRecord, count: int = 1) -> None:
-        was_open = record.remaining > 0
-        record.remaining -= count
-        # A handed-over partition's open records left _outstanding when it was revoked:
-        # an answer that arrives later must not subtract them a second time.
-        if was_open and record.remaining <= 0 and not record.partition.closed:
-            self._outstanding -= 1
-            if self._changed is not None:
-                self._changed.set()
+    def _wake(self) -> None:
+        """A record was resolved: wake the loop if it waits for room or for a drain."""
+        if self._changed is not None:
+            self._changed.set()
 
     def _accepted(self, batch: Batch, request_id: str | None) -> None:
-        finish = self._finish
+        finish = self._ledger.finish
         for record in batch.records:
             finish(record)
         metrics.EVENTS_SENT.inc(len(batch))
@@ -369,21 +327,19 @@ class Worker:
                 logging.WARNING, "dead-lettering record: %s", message, record.message, reason
             )
             self._dlq.send(record, reason, message, request_id=request_id, event=event, attempts=1)
-        self._finish(record)  # the event itself is answered
+        self._ledger.finish(record)  # the event itself is answered
 
     def _dead_letter_written(self, record: PendingRecord) -> None:
         self.stats["dead_lettered"] += 1
-        self._finish(record)
+        self._ledger.finish(record)
 
     # -- commits -------------------------------------------------------------------------
 
     def _positions(self, states: list[PartitionOffsets] | None = None) -> list[TopicPartition]:
-        commits = []
-        for state in states if states is not None else list(self._partitions.values()):
-            position = state.to_commit()
-            if position is not None:
-                commits.append(TopicPartition(state.topic, state.partition, position))
-        return commits
+        return [
+            TopicPartition(state.topic, state.partition, position)
+            for state, position in self._ledger.positions(states)
+        ]
 
     def _maybe_commit(self) -> None:
         now = time.monotonic()
@@ -416,9 +372,7 @@ class Worker:
     ) -> None:
         by_key = {(tp.topic, tp.partition): tp.offset for tp in offsets}
         for key, position in by_key.items():
-            state = self._partitions.get(key)
-            if state is not None:
-                state.committed = position
+            self._ledger.committed(key, position)
         if states is not None:
             for state in states:
                 state.committed = by_key.get((state.topic, state.partition), state.committed)
@@ -428,7 +382,7 @@ class Worker:
         metrics.COMMITS.labels("failed" if failed else "ok").inc()
         if failed:
             reason = err.str() if err else "partition error"
-            if err is not None and err.code() in _REBALANCE_COMMIT_ERRORS:
+            if err is not None and err.code() in kafka.REBALANCE_COMMIT_ERRORS:
                 # Routine while the group rebalances: the partition's next owner starts from
                 # the last accepted commit and Stripe drops the repeats by identifier.
                 log.info("commit refused during a rebalance (%s); retried after it", reason)
@@ -438,15 +392,10 @@ class Worker:
             for tp in partitions:
                 key = (tp.topic, tp.partition)
                 if self._loop is not None:
-                    self._loop.call_soon_threadsafe(self._forget_commit, key)
-
-    def _forget_commit(self, key: Key) -> None:
-        state = self._partitions.get(key)
-        if state is not None:
-            state.committed = None
+                    self._loop.call_soon_threadsafe(self._ledger.commit_failed, key)
 
     def _update_lag(self) -> None:
-        for state in self._partitions.values():
+        for state in self._ledger.partitions.values():
             tp = TopicPartition(state.topic, state.partition)
             try:
                 _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
@@ -463,24 +412,26 @@ class Worker:
 
     def _apply_backpressure(self) -> None:
         bound = self.config.batching.max_buffered_records
-        metrics.BUFFERED_RECORDS.set(self._outstanding)
-        assignment = [TopicPartition(t, p) for t, p in self._partitions]
+        # Held, not just unresolved: records resolved behind an unresolved one keep their
+        # Kafka message in memory too (an unwritable dead-letter topic holds them all).
+        held = self._ledger.held
+        metrics.BUFFERED_RECORDS.set(held)
+        partitions = self._ledger.partitions
+        assignment = [TopicPartition(t, p) for t, p in partitions]
         if self._newly_assigned:
             # Newcomers follow the current state; resuming also clears a pause that
             # librdkafka kept from an earlier assignment of the same partition.
-            fresh = [
-                tp for tp in self._newly_assigned if (tp.topic, tp.partition) in self._partitions
-            ]
+            fresh = [tp for tp in self._newly_assigned if (tp.topic, tp.partition) in partitions]
             self._newly_assigned = []
             if fresh:
                 (self.consumer.pause if self._paused else self.consumer.resume)(fresh)
-        if not self._paused and self._outstanding >= bound and assignment:
+        if not self._paused and held >= bound and assignment:
             self.consumer.pause(assignment)
             self._paused = True
             metrics.PAUSED_PARTITIONS.set(len(assignment))
             # DEBUG: under a backlog this cycles many times a second; the gauge tells.
-            log.debug("paused fetching: %d records waiting for Stripe", self._outstanding)
-        elif self._paused and self._outstanding <= bound * RESUME_FRACTION:
+            log.debug("paused fetching: %d records held until resolved", held)
+        elif self._paused and held <= bound * RESUME_FRACTION:
             if assignment:
                 self.consumer.resume(assignment)
             self._paused = False
@@ -492,7 +443,7 @@ class Worker:
         assert self._changed is not None
         resume_at = self.config.batching.max_buffered_records * RESUME_FRACTION
         deadline = time.monotonic() + seconds
-        while self._outstanding > resume_at:
+        while self._ledger.held > resume_at:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -505,6 +456,7 @@ class Worker:
     def _update_health(self) -> None:
         health = self.health
         health.beat()
+        report_repeats()
         health.set_problem(
             "stripe",
             self._delivery.problem(not_ready_after=self.config.delivery.not_ready_after_seconds),
@@ -530,10 +482,7 @@ class Worker:
     def _on_kafka_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT) or err.fatal():
             self._kafka_problem = f"Kafka: {err.str()}"
-        suppressed = self._kafka_log_throttle.allow(err.code())
-        if suppressed is not None:
-            more = f" ({suppressed} similar since the last report)" if suppressed else ""
-            log.warning("Kafka: %s%s", err.str(), more)
+        log.warning("Kafka: %s", err.str())  # repeats are throttled by connector.logs
 
     # -- burst mode ----------------------------------------------------------------------
 
@@ -542,7 +491,7 @@ class Worker:
         now = time.monotonic()
         if now - self._last_activity < self.until_idle:
             return False
-        if self._outstanding or self._tasks or self._ready or self._batcher.buffered_events:
+        if self._tasks or self._ready or self._batcher.buffered_events or self._ledger.held:
             return False
         if self._dlq.pending:
             return False
@@ -579,14 +528,7 @@ class Worker:
                 return False
             partitions.extend(TopicPartition(topic, p) for p in sorted(described.partitions))
         if self._offsets_reader is None:
-            self._offsets_reader = Consumer(
-                {
-                    **self.config.kafka.common_properties(),
-                    "group.id": self.config.kafka.group_id,
-                    "enable.auto.commit": False,
-                    "logger": logging.getLogger("meterstream.kafka.offsets"),
-                }
-            )
+            self._offsets_reader = Consumer(kafka.offsets_reader_properties(self.config.kafka))
         answer = self._offsets_reader.committed(partitions, timeout=IDLE_CHECK_TIMEOUT_SECONDS)
         for tp in answer:
             low, high = self.consumer.get_watermark_offsets(
@@ -629,15 +571,13 @@ class Worker:
         self._in_loop(self._revoked(partitions, lost=True))
 
     async def _assigned(self, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self._partitions[(tp.topic, tp.partition)] = PartitionOffsets(tp.topic, tp.partition)
+        self._ledger.assign((tp.topic, tp.partition) for tp in partitions)
         # Not paused here: pause() from this thread while the poll thread waits in the
         # rebalance callback deadlocks librdkafka. _apply_backpressure does it next turn.
         self._newly_assigned.extend(partitions)
-        self._ever_assigned = True
         self._last_activity = time.monotonic()
         metrics.REBALANCES.labels("assigned").inc()
-        metrics.ASSIGNED_PARTITIONS.set(len(self._partitions))
+        metrics.ASSIGNED_PARTITIONS.set(len(self._ledger))
         log.info("assigned %s", _names(partitions))
 
     async def _revoked(
@@ -647,7 +587,7 @@ class Worker:
         states = [
             state
             for tp in partitions
-            if (state := self._partitions.get((tp.topic, tp.partition))) is not None
+            if (state := self._ledger.get(tp.topic, tp.partition)) is not None
         ]
         offsets: list[TopicPartition] = []
         if not lost and states:
@@ -657,9 +597,7 @@ class Worker:
             await self._drain(states, deadline)
             offsets = self._positions(states)
         for state in states:
-            state.closed = True
-            abandoned = sum(1 for record in state.pending if record.remaining > 0)
-            self._outstanding -= abandoned
+            abandoned = self._ledger.close(state)
             if abandoned:
                 log.warning(
                     "handing over %s-%d with %d unresolved records (left uncommitted; "
@@ -668,11 +606,10 @@ class Worker:
                     state.partition,
                     abandoned,
                 )
-            del self._partitions[(state.topic, state.partition)]
             metrics.forget_partition(state.topic, state.partition)
         self._last_activity = time.monotonic()
         metrics.REBALANCES.labels("lost" if lost else "revoked").inc()
-        metrics.ASSIGNED_PARTITIONS.set(len(self._partitions))
+        metrics.ASSIGNED_PARTITIONS.set(len(self._ledger))
         log.info("%s %s", "lost" if lost else "revoked", _names(partitions))
         return offsets
 

@@ -272,3 +272,16 @@ def run_meterstream(
         timeout=timeout,
         check=False,
     )
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A connector's ``/metrics`` as {"name{labels}": value} for meterstream_ series."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    series: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("meterstream_"):
+            name, value = line.rsplit(" ", 1)
+            series[name] = float(value)
+    return series

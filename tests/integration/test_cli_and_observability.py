@@ -10,6 +10,7 @@ import json
 import re
 import signal
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,13 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.harness import ConnectorProcess, run_meterstream, wait_until
+from tests.integration.harness import (
+    ConnectorProcess,
+    run_meterstream,
+    scrape,
+    wait_until,
+    write_config,
+)
 from tests.integration.test_connector import World, world_factory  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
@@ -29,17 +36,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def scrape(port: int) -> dict[str, float]:
-    """``/metrics`` as {"name{labels}": value} for meterstream_ series."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    series: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("meterstream_"):
-            name, value = line.rsplit(" ", 1)
-            series[name] = float(value)
-    return series
 
 
 def test_help_lists_every_subcommand_and_each_has_help() -> None:
@@ -64,6 +60,53 @@ def test_check_config_names_each_bad_key_and_exits_2(tmp_path: Path) -> None:
     for key in ("batching.max_events", "batching.linger_ms", "kafka.topics", "nope"):
         assert key in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        pytest.param(
+            {"mapping": {"fan_out": [{"event_name": "t", "value": "a"}] * 2}},
+            "mapping.fan_out.1.event_name",
+            id="duplicate fan-out names",
+        ),
+        pytest.param(
+            {"mapping": {"customer_payload_key": "k", "value_payload_key": "k"}},
+            "mapping.value_payload_key",
+            id="equal payload keys",
+        ),
+        pytest.param(
+            {"kafka": {"consumer": {"enable.auto.commit": True}}},
+            "kafka.consumer.enable.auto.commit",
+            id="reserved librdkafka key",
+        ),
+        pytest.param(
+            {"kafka": {"consumer": {"fetch.wait.max.ms": "soon"}}},
+            "kafka.consumer",
+            id="bad librdkafka value",
+        ),
+        pytest.param(
+            {"kafka": {"producer": {"no.such.property": 1}}},
+            "kafka.producer",
+            id="unknown librdkafka property",
+        ),
+    ],
+)
+def test_check_config_refuses_exactly_what_run_refuses(
+    tmp_path: Path, settings: dict[str, Any], key: str
+) -> None:
+    """One validation path: both commands exit 2 with the same line naming the key."""
+    path = tmp_path / "refused.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    checked = run_meterstream("check-config", "--config", str(path))
+    ran = run_meterstream(
+        "run", "--config", str(path), env={"STRIPE_API_KEY": "sk_test_validation"}
+    )
+    for result in (checked, ran):
+        assert result.returncode == 2, result.stderr
+        assert key in result.stderr
+        assert "Traceback" not in result.stderr
+    assert checked.stderr.strip() == ran.stderr.strip()
 
 
 def test_check_config_prints_the_effective_config_with_secrets_redacted(tmp_path: Path) -> None:
@@ -106,7 +149,12 @@ def test_a_running_connector_reports_metrics_probes_and_json_logs(
     world = world_factory(partitions=2)
     expected = world.produce_samples(1200, bad_every=100)
     port = free_port()
-    config = world.config(metrics={"enabled": True, "host": "127.0.0.1", "port": port})
+    config = world.config(
+        metrics={"enabled": True, "host": "127.0.0.1", "port": port},
+        # Every line, repeats included, so each dead-lettered record's line can be checked
+        # (by default a repeated problem is one line per 30 s: test_a_down_broker_...).
+        logging={"repeat_seconds": 0},
+    )
     process = ConnectorProcess(config, log_dir=world.tmp_path, api_key="sk_test_observed_key_123")
     process.args += ["--log-format", "json"]
     world.processes.append(process)
@@ -237,3 +285,40 @@ def test_workers_do_not_outlive_a_killed_supervisor(
     process.wait(10)
     _gone, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive, f"orphan workers still running: {alive}"
+
+
+#: How long the broker stays unreachable: the window of logging.repeat_seconds' default.
+BROKER_DOWN_SECONDS = 30.0
+
+
+def test_a_down_broker_is_reported_not_flooded(tmp_path: Path) -> None:
+    """librdkafka reports a refused connect ~20 times a second; the log says it once."""
+    config = write_config(
+        tmp_path,
+        bootstrap=f"127.0.0.1:{free_port()}",  # nothing listens there
+        topic="usage",
+        dead_letter_topic="usage.dlq",
+        group_id="down",
+        stripe_url="http://127.0.0.1:9",
+    )
+    process = ConnectorProcess(config, log_dir=tmp_path).start()
+    try:
+        started = time.monotonic()
+        wait_until(
+            lambda: "Connect to" in process.log_path.read_text(errors="replace"),
+            timeout=30,
+            what="the first refused connection to be logged",
+        )
+        # The outage itself is what is under test: let it last its 30 s.
+        while time.monotonic() - started < BROKER_DOWN_SECONDS:
+            assert process.proc is not None
+            assert process.proc.poll() is None, process.log_tail()
+            time.sleep(0.5)
+        lines = process.log_path.read_text(errors="replace").splitlines()
+    finally:
+        process.signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    problems = [line for line in lines if " WARNING " in line or " ERROR " in line]
+    assert any("Connect to" in line for line in problems)
+    # One line per distinct problem (a refused connect, all brokers down, ...), not 600.
+    assert len(problems) <= 12, "\n".join(problems)

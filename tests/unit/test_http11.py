@@ -280,6 +280,32 @@ def test_a_request_waiting_for_a_connection_gives_up_at_its_timeout() -> None:
     _run(test)
 
 
+def test_one_timeout_bounds_waiting_for_a_connection_and_reading_together() -> None:
+    """A request that waited most of its budget for a connection has only the rest to read."""
+    timeout = 1.0
+
+    async def slow(_n: int, _request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.7 * timeout)  # each answer takes most of one budget
+        writer.write(OK)
+        await writer.drain()
+        return True
+
+    async def test() -> None:
+        async with _Server(slow) as server:
+            client = _client(server.origin, max_connections=1, timeout=timeout)
+            first, second = await asyncio.gather(
+                client.post("/", b"1", {}), client.post("/", b"2", {}), return_exceptions=True
+            )
+            await client.aclose()
+        assert isinstance(first, http11.Response)
+        assert first.status == 200
+        # The second waited >= 0.7 s for the connection and would need >= 0.7 s more.
+        assert isinstance(second, http11.HTTPTimeoutError), second
+        assert second.phase == "ReadTimeout"
+
+    _run(test)
+
+
 def test_the_sink_uses_the_lean_client_unless_a_proxy_is_configured(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -89,14 +89,61 @@ def test_configure_replaces_handlers_and_sets_the_level(capsys: pytest.CaptureFi
     assert "shown" in output[0]
 
 
-def test_throttle_lets_one_line_through_per_interval_and_counts_the_rest() -> None:
+def _throttled(interval: float, now: list[float]) -> tuple[logs.RepeatFilter, list[str]]:
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(f"{record.levelname} {record.getMessage()}")
+
+    repeats = logs.RepeatFilter(interval, clock=lambda: now[0])
+    handler = Collect()
+    handler.addFilter(repeats)
+    logger = logging.getLogger("meterstream.test.repeats")
+    logger.handlers = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    return repeats, lines
+
+
+def test_repeated_problems_get_one_line_per_interval_and_a_count() -> None:
     now = [0.0]
-    throttle = logs.Throttle(interval=30, clock=lambda: now[0])
-    assert throttle.allow("down") == 0
-    for _ in range(5):
-        now[0] += 1
-        assert throttle.allow("down") is None
-    assert throttle.allow("other") == 0, "keys are throttled separately"
+    _repeats, lines = _throttled(30, now)
+    log = logging.getLogger("meterstream.test.repeats")
+    for ms in range(50):  # librdkafka's flood: the same failure, different numbers
+        now[0] += 0.05
+        log.error("Connect to ipv4#127.0.0.1:9092 failed (after %dms in state CONNECT)", ms)
+    log.error("Receive failed: Disconnected")  # another problem: its own line
+    assert len(lines) == 2
     now[0] += 30
-    assert throttle.allow("down") == 5
-    assert throttle.allow("down") is None
+    log.error("Connect to ipv4#127.0.0.1:9092 failed (after 3ms in state CONNECT)")
+    assert len(lines) == 3
+    assert lines[2].endswith("[49 similar lines suppressed]")
+
+
+def test_a_problem_that_stopped_repeating_is_reported_with_its_count() -> None:
+    now = [0.0]
+    repeats, lines = _throttled(30, now)
+    log = logging.getLogger("meterstream.test.repeats")
+    for _ in range(4):
+        log.warning("Stripe unavailable: HTTP 503 (req_AbC123xyz)")
+    repeats.report()
+    assert len(lines) == 1, "still inside its window"
+    now[0] += 31
+    repeats.report()
+    assert len(lines) == 2
+    assert lines[1].startswith("WARNING 3 similar lines suppressed in 30 s, like: Stripe")
+
+
+def test_info_lines_repeat_only_when_identical_and_zero_turns_it_off() -> None:
+    now = [0.0]
+    _repeats, lines = _throttled(30, now)
+    log = logging.getLogger("meterstream.test.repeats")
+    log.info("assigned usage-0")
+    log.info("assigned usage-1")  # numbers matter below warnings: two lines
+    log.info("assigned usage-1")
+    assert lines == ["INFO assigned usage-0", "INFO assigned usage-1"]
+    _off, unthrottled = _throttled(0, now)
+    for _ in range(3):
+        log.error("same")
+    assert len(unthrottled) == 3
