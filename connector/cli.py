@@ -37,21 +37,21 @@ SUBCOMMANDS: tuple[tuple[str, str, str, str], ...] = (
     ),
     (
         "emulator",
-        "connector.emulator.cli",
+        "meterstream_local.emulator.cli",
         "serve a local stand-in for Stripe's meter APIs (development, tests, demo)",
         "Serve both Stripe hosts (api and meter_events) on one port, following Stripe's "
         "meter event session and stream contract, with knobs for latency and faults.",
     ),
     (
         "local-kafka",
-        "connector.localkafka.cli",
+        "meterstream_local.localkafka.cli",
         "run a single-node Apache Kafka broker on loopback (development)",
         "Fetch the Apache Kafka jars from Maven Central once (cached), then run a "
         "single-node KRaft broker on loopback until interrupted.",
     ),
     (
         "demo",
-        "connector.demo",
+        "meterstream_local.demo",
         "the whole pipeline on the local defaults: broker, emulator, sample usage, connector",
         "Start a local broker and the emulator, produce realistic sample usage (with a few "
         "bad records), run the connector until idle, and print what was billed.",

@@ -22,7 +22,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from connector.errors import LocalKafkaError
-from connector.localkafka import (
+from meterstream_local.localkafka import (
     KAFKA_VERSION,
     LocalKafka,
     cluster,
@@ -34,8 +34,8 @@ from connector.localkafka import (
     produce_all,
     wait_until_serving,
 )
-from connector.localkafka import broker as broker_module
-from connector.localkafka.jars import jars_dir, pom_text
+from meterstream_local.localkafka import broker as broker_module
+from meterstream_local.localkafka.jars import jars_dir, pom_text
 
 pytestmark = pytest.mark.integration
 
@@ -344,7 +344,7 @@ def test_the_broker_dies_with_its_parent_process() -> None:
 def _start_cli(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         # The same add_arguments() and main() as `meterstream local-kafka`.
-        [sys.executable, "-m", "connector.localkafka", "run", *args],
+        [sys.executable, "-m", "meterstream_local.localkafka", "run", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

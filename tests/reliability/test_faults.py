@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import pytest
 
-from connector.localkafka import LocalKafka
+from meterstream_local.localkafka import LocalKafka
 from tests.integration.harness import ConnectorProcess, wait_until
 from tests.reliability.report import ScenarioRow
 from tests.reliability.world import (

@@ -19,10 +19,10 @@ from contextlib import contextmanager
 from typing import cast
 
 from connector.errors import LocalKafkaError
-from connector.localkafka.admin import wait_until_serving
-from connector.localkafka.broker import HOST, START_TIMEOUT_SECONDS, LocalKafka, free_ports
-from connector.localkafka.jars import KAFKA_VERSION
-from connector.localkafka.settings import (
+from meterstream_local.localkafka.admin import wait_until_serving
+from meterstream_local.localkafka.broker import HOST, START_TIMEOUT_SECONDS, LocalKafka, free_ports
+from meterstream_local.localkafka.jars import KAFKA_VERSION
+from meterstream_local.localkafka.settings import (
     BROKER_SETTINGS,
     docker_environment,
     kraft_settings,
