@@ -212,3 +212,21 @@ def test_a_local_command_says_what_to_install(
         f"meterstream {argv[0]} needs the local tooling: pip install 'meterstream[local]' "
         "(or for a checkout: pip install ./local)"
     ]
+
+
+def test_the_image_build_context_leaves_the_local_tooling_out() -> None:
+    ignored = (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    assert "*" in ignored
+    assert "local/" in ignored
+    assert not [line for line in ignored if line.startswith("!") and "local" in line]
+    copied = [
+        line.split()[1:-1]
+        for line in (REPO / "Dockerfile").read_text(encoding="utf-8").splitlines()
+        if line.startswith("COPY ")
+    ]
+    assert copied
+    assert {source for sources in copied for source in sources} <= {
+        "pyproject.toml",
+        "README.md",
+        "connector",
+    }
