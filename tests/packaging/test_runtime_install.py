@@ -6,7 +6,7 @@ the connector, must not contain the local tooling or its dependencies (uvicorn, 
 testcontainers, meterstream_local), and its local-tooling commands must say what to
 install. The venv with the dependencies is cached per pyproject.toml digest under
 ``.meterstream/packaging/`` (the wheel itself is reinstalled on every run), so a warm run
-takes seconds.
+takes seconds. The ``meterstream-local`` wheel is checked for its package data.
 """
 
 from __future__ import annotations
@@ -229,4 +229,24 @@ def test_the_image_build_context_leaves_the_local_tooling_out() -> None:
         "pyproject.toml",
         "README.md",
         "connector",
+    }
+
+
+def test_the_local_wheel_carries_its_package_data_and_not_the_connector(
+    tmp_path: Path,
+) -> None:
+    _pip(sys.executable, "wheel", "--quiet", "--no-deps", "--wheel-dir", tmp_path, REPO / "local")
+    [wheel] = tmp_path.glob("meterstream_local-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert {
+        "meterstream_local/py.typed",
+        "meterstream_local/localkafka/pom.xml",
+        "meterstream_local/localkafka/log4j2.xml",
+        "meterstream_local/emulator/app.py",
+        "meterstream_local/demo.py",
+        "meterstream_local/samples.py",
+    } <= names
+    assert {name.split("/")[0] for name in names if ".dist-info/" not in name} == {
+        "meterstream_local"
     }
