@@ -33,7 +33,7 @@ import httpx
 import orjson
 import psutil
 
-from connector.emulator import EmulatorClient, EmulatorProcess
+from meterstream_local.emulator import EmulatorClient, EmulatorProcess
 
 STREAM_PATH = "/v2/billing/meter_event_stream"
 RESULTS = Path(__file__).resolve().parent / "results" / "emulator.json"

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from connector import samples
-from connector.emulator.client import EmulatorProcess
-from connector.localkafka import cluster, create_topics, produce_all
+from meterstream_local import samples
+from meterstream_local.emulator.client import EmulatorProcess
+from meterstream_local.localkafka import cluster, create_topics, produce_all
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "profile.txt"

@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         args.naive_seconds = min(args.naive_seconds, 5.0)
     latencies = [float(x) for x in args.latencies.split(",") if x.strip()]
 
-    from connector import samples
-    from connector.emulator.client import EmulatorProcess
-    from connector.localkafka import cluster, create_topics, produce_all
+    from meterstream_local import samples
+    from meterstream_local.emulator.client import EmulatorProcess
+    from meterstream_local.localkafka import cluster, create_topics, produce_all
 
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -46,9 +46,9 @@ import orjson
 import psutil
 import yaml
 
-from connector import samples
-from connector.emulator import EmulatorServer
-from connector.localkafka import LocalKafka, create_topics
+from meterstream_local import samples
+from meterstream_local.emulator import EmulatorServer
+from meterstream_local.localkafka import LocalKafka, create_topics
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "soak.json"
@@ -509,7 +509,7 @@ class Soak:
         }
 
     def _committed_to_end(self) -> bool:
-        from connector.localkafka import committed_offsets, end_offsets
+        from meterstream_local.localkafka import committed_offsets, end_offsets
 
         bootstrap = self.kafka.bootstrap_servers
         try:

@@ -2,6 +2,8 @@
 
 Subcommands live in the module that owns them (``add_arguments(parser)`` and
 ``main(args) -> int``) and are imported only when chosen, so ``--help`` stays fast.
+``demo``, ``emulator`` and ``local-kafka`` live in the separate ``meterstream-local``
+distribution (``pip install 'meterstream[local]'``); without it they exit 2 saying so.
 Errors end as one clear line on stderr (exit 2 for bad configuration, 1 otherwise);
 ``--debug`` or ``METERSTREAM_DEBUG=1`` shows the traceback instead.
 """
@@ -16,6 +18,11 @@ from collections.abc import Sequence
 
 from connector import __version__
 from connector.errors import ConfigError, MeterstreamError
+
+#: The package of the ``meterstream-local`` distribution (emulator, local broker, demo).
+LOCAL_PACKAGE = "meterstream_local"
+#: What to install when it is missing, for users and for a checkout of the repository.
+LOCAL_INSTALL_HINT = "pip install 'meterstream[local]' (or for a checkout: pip install ./local)"
 
 #: (name, module, one-line help, description). Modules provide add_arguments() and main().
 SUBCOMMANDS: tuple[tuple[str, str, str, str], ...] = (
@@ -37,21 +44,21 @@ SUBCOMMANDS: tuple[tuple[str, str, str, str], ...] = (
     ),
     (
         "emulator",
-        "connector.emulator.cli",
+        "meterstream_local.emulator.cli",
         "serve a local stand-in for Stripe's meter APIs (development, tests, demo)",
         "Serve both Stripe hosts (api and meter_events) on one port, following Stripe's "
         "meter event session and stream contract, with knobs for latency and faults.",
     ),
     (
         "local-kafka",
-        "connector.localkafka.cli",
+        "meterstream_local.localkafka.cli",
         "run a single-node Apache Kafka broker on loopback (development)",
         "Fetch the Apache Kafka jars from Maven Central once (cached), then run a "
         "single-node KRaft broker on loopback until interrupted.",
     ),
     (
         "demo",
-        "connector.demo",
+        "meterstream_local.demo",
         "the whole pipeline on the local defaults: broker, emulator, sample usage, connector",
         "Start a local broker and the emulator, produce realistic sample usage (with a few "
         "bad records), run the connector until idle, and print what was billed.",
@@ -75,8 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name, summary, description in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # Only the distribution itself missing; a broken import inside it surfaces.
+            if exc.name != LOCAL_PACKAGE:
+                raise
+            _add_missing_local_command(subparsers, name, summary)
+            continue
         sub = subparsers.add_parser(name, help=summary, description=description)
-        module = importlib.import_module(module_name)
         adder = getattr(module, f"add_{name.replace('-', '_')}_arguments", None)
         if adder is None:
             adder = module.add_arguments
@@ -86,10 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_missing_local_command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+) -> None:
+    """A stand-in for a local-tooling command: any arguments, even --help, get the hint."""
+    sub = subparsers.add_parser(name, help=summary, add_help=False)
+
+    def missing(args: argparse.Namespace) -> int:
+        print(f"meterstream {name} needs the local tooling: {LOCAL_INSTALL_HINT}", file=sys.stderr)
+        return 2
+
+    sub.set_defaults(handler=missing, accepts_any_arguments=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``meterstream`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # parse_args(), except that a stand-in for a missing command takes any arguments (its
+    # real flags are unknown here) and answers with what to install.
+    args, unrecognized = parser.parse_known_args(argv)
+    if unrecognized and not getattr(args, "accepts_any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unrecognized)}")
     try:
         code: int = args.handler(args)
         return code

@@ -4,8 +4,8 @@ Why not httpx here: for each request httpx and httpcore build URL, header and re
 models, run h11's pure-Python parser and anyio cancel scopes, and scan their pool: about
 1 ms of CPU per request, half of everything the connector spent at 100 events per
 request (bench/results/profile.txt). This client writes one pre-built header block plus
-the body and parses the answer with httptools (llhttp, in C; installed with
-``uvicorn[standard]``), so a request costs tens of microseconds.
+the body and parses the answer with httptools (llhttp, in C; a runtime dependency of its
+own), so a request costs tens of microseconds.
 
 Scope, deliberately small: POST with a Content-Length body; answers delimited by
 Content-Length, chunked encoding or the connection closing; keep-alive pooling; TLS with

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything meterstream's demo and tests need, idempotently:
-#   .venv with the package and its test/dev extras (reinstalled when pyproject.toml changes),
+#   .venv with meterstream, its test/dev extras and the local tooling in ./local
+#   (reinstalled when pyproject.toml or local/pyproject.toml changes),
 #   the Apache Kafka jars from Maven Central (cached in ~/.cache/meterstream),
 #   helm built with Go (cached in ~/.cache/meterstream/bin).
 # Usage: scripts/bootstrap.sh [--no-helm]
@@ -18,16 +19,19 @@ need() { command -v "$1" >/dev/null 2>&1 || { echo "bootstrap: '$1' is required 
 need "$PY" "install Python 3.11 or newer"
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "bootstrap: Python >= 3.11 is required ($PY is $("$PY" -V 2>&1))" >&2; exit 1; }
 
-# 1. The virtualenv, reinstalled only when pyproject.toml changes.
+# 1. The virtualenv, reinstalled only when either pyproject.toml changes.
 if [[ ! -x .venv/bin/python ]]; then
   echo "bootstrap: creating .venv"
   "$PY" -m venv .venv
 fi
 stamp=".venv/.meterstream-installed"
-digest=$(sha256sum pyproject.toml | cut -d' ' -f1)
+digest=$(cat pyproject.toml local/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$digest" ]]; then
   echo "bootstrap: installing meterstream and its dependencies into .venv"
   .venv/bin/python -m pip install --quiet --upgrade pip
+  # ./local first (without dependencies: its pin on meterstream is met by the next line), so
+  # the `local` extra of '.[dev]' resolves to it and nothing of that name comes from PyPI.
+  .venv/bin/python -m pip install --quiet --no-deps -e ./local
   .venv/bin/python -m pip install --quiet -e '.[dev]'
   echo "$digest" > "$stamp"
 fi
@@ -36,7 +40,7 @@ fi
 if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
   need java "install a JDK (17 or newer), e.g. apt-get install openjdk-17-jre-headless"
   need mvn "install Maven, e.g. apt-get install maven"
-  .venv/bin/python -m connector.localkafka fetch
+  .venv/bin/python -m meterstream_local.localkafka fetch
 fi
 
 # 3. helm, built from source with Go at a pinned version.

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from connector.localkafka import LocalKafka, cluster, create_topics, delete_topics
+from meterstream_local.localkafka import LocalKafka, cluster, create_topics, delete_topics
 
 # --------------------------------------------------------------------------- Kafka
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from connector.emulator import EmulatorServer
+from meterstream_local.emulator import EmulatorServer
 
 from .support import API_KEY
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-import connector.emulator
+import meterstream_local.emulator
 from connector import cli
-from connector.emulator import EmulatorClient, EmulatorProcess, EmulatorServer
-from connector.emulator import cli as emulator_cli
+from meterstream_local.emulator import EmulatorClient, EmulatorProcess, EmulatorServer
+from meterstream_local.emulator import cli as emulator_cli
 
 from .support import API_KEY, SESSION, event, send
 
@@ -26,20 +26,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_the_subcommand_is_declared_and_its_parser_builds() -> None:
     [entry] = [e for e in cli.SUBCOMMANDS if e[0] == "emulator"]
-    assert entry[1] == "connector.emulator.cli"
+    assert entry[1] == "meterstream_local.emulator.cli"
     parser = argparse.ArgumentParser()
     emulator_cli.add_arguments(parser)
 
     args = parser.parse_args([])
 
     assert (args.host, args.port, args.session_ttl) == ("127.0.0.1", 12111, 900.0)
-    assert args.port == connector.emulator.DEFAULT_PORT == 12111
+    assert args.port == meterstream_local.emulator.DEFAULT_PORT == 12111
     assert callable(emulator_cli.main)
 
 
 def test_the_cli_module_imports_nothing_heavy() -> None:
     code = (
-        "import sys, connector.emulator.cli, connector.emulator; "
+        "import sys, meterstream_local.emulator.cli, meterstream_local.emulator; "
         "heavy = ('httpx', 'uvicorn', 'orjson', 'stripe', 'yaml'); "
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
@@ -50,7 +50,7 @@ def test_the_cli_module_imports_nothing_heavy() -> None:
 
 
 def test_public_surface() -> None:
-    assert sorted(connector.emulator.__all__) == [
+    assert sorted(meterstream_local.emulator.__all__) == [
         "DEFAULT_HOST",
         "DEFAULT_PORT",
         "EmulatorClient",
@@ -66,10 +66,10 @@ def test_public_surface() -> None:
         "load_meters_file",
         "parse_meter_spec",
     ]
-    for name in connector.emulator.__all__:
-        assert getattr(connector.emulator, name) is not None
+    for name in meterstream_local.emulator.__all__:
+        assert getattr(meterstream_local.emulator, name) is not None
     with pytest.raises(AttributeError):
-        _ = connector.emulator.NoSuchThing
+        _ = meterstream_local.emulator.NoSuchThing
 
 
 def test_the_emulator_runs_as_a_process_with_its_flags(tmp_path: Path) -> None:
@@ -141,7 +141,7 @@ def test_a_taken_port_is_a_clear_error() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "connector.emulator", "--port", str(port)],
+            [sys.executable, "-m", "meterstream_local.emulator", "--port", str(port)],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -162,7 +162,7 @@ def test_a_taken_port_is_a_clear_error() -> None:
 )
 def test_bad_flags_exit_2_naming_the_problem(flags: list[str], message: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "connector.emulator", "--port", "0", *flags],
+        [sys.executable, "-m", "meterstream_local.emulator", "--port", "0", *flags],
         cwd=REPO,
         capture_output=True,
         text=True,

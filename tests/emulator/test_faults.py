@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from connector.emulator import EmulatorServer, FailureRule, KnobError, Knobs
+from meterstream_local.emulator import EmulatorServer, FailureRule, KnobError, Knobs
 
 from .support import API_KEY, SESSION, error_of, event, new_token, send
 

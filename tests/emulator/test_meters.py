@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.emulator import EmulatorServer, Meter, MeterSpecError, load_meters_file
-from connector.emulator import parse_meter_spec as spec
+from meterstream_local.emulator import EmulatorServer, Meter, MeterSpecError, load_meters_file
+from meterstream_local.emulator import parse_meter_spec as spec
 
 from .support import error_of, event, new_token, send
 

@@ -8,7 +8,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from connector.emulator import EmulatorServer
+from meterstream_local.emulator import EmulatorServer
 
 from .support import SESSION, error_of, event, new_token, send
 

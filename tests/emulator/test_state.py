@@ -7,9 +7,9 @@ past a compaction.
 
 from __future__ import annotations
 
-from connector.emulator import EmulatorState, Meter
-from connector.emulator.state import DEDUPE_WINDOW_SECONDS, LOG_COMPACT_MIN
-from connector.emulator.validation import CheckedEvent
+from meterstream_local.emulator import EmulatorState, Meter
+from meterstream_local.emulator.state import DEDUPE_WINDOW_SECONDS, LOG_COMPACT_MIN
+from meterstream_local.emulator.validation import CheckedEvent
 
 T0 = 1_800_000_000.0
 

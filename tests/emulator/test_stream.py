@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.emulator import EmulatorServer, Meter
+from meterstream_local.emulator import EmulatorServer, Meter
 
 from .support import STREAM, error_of, event, new_token, rfc3339, send
 

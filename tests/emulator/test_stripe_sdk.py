@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import stripe
 
-from connector.emulator import EmulatorServer, Meter
+from meterstream_local.emulator import EmulatorServer, Meter
 
 from .support import event
 

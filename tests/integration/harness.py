@@ -22,7 +22,7 @@ import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 if TYPE_CHECKING:
-    from connector.emulator import EmulatorServer
+    from meterstream_local.emulator import EmulatorServer
 
 REPO = Path(__file__).resolve().parents[2]
 

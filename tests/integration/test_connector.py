@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from connector import samples
-from connector.emulator import EmulatorServer
+from meterstream_local import samples
+from meterstream_local.emulator import EmulatorServer
 from tests.integration.harness import (
     ConnectorProcess,
     ConnectorWorld,
@@ -205,7 +205,7 @@ def test_a_batch_stripe_rejects_dead_letters_only_the_events_at_fault(
     # for event "tokens_custom", so Stripe (the emulator) rejects those events only.
     world = world_factory(partitions=1)
     world.emulator.configure(auto_meters=False)
-    from connector.emulator.meters import Meter
+    from meterstream_local.emulator.meters import Meter
 
     world.emulator.add_meter(Meter(event_name="api_requests"))
     records = []

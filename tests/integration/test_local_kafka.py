@@ -7,6 +7,7 @@ test's own where it must stop or restart); waits poll a condition with a deadlin
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from connector.errors import LocalKafkaError
-from connector.localkafka import (
+from meterstream_local.localkafka import (
     KAFKA_VERSION,
     LocalKafka,
     cluster,
@@ -34,10 +35,13 @@ from connector.localkafka import (
     produce_all,
     wait_until_serving,
 )
-from connector.localkafka import broker as broker_module
-from connector.localkafka.jars import jars_dir, pom_text
+from meterstream_local.localkafka import broker as broker_module
+from meterstream_local.localkafka.jars import jars_dir, pom_text
 
 pytestmark = pytest.mark.integration
+
+#: The module (the package re-exports its ``cluster`` function under the same name).
+cluster_module = importlib.import_module("meterstream_local.localkafka.cluster")
 
 REPO = Path(__file__).resolve().parents[2]
 #: Group members notice a rebalance within half a second (the default heartbeat is 3 s).
@@ -344,7 +348,7 @@ def test_the_broker_dies_with_its_parent_process() -> None:
 def _start_cli(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         # The same add_arguments() and main() as `meterstream local-kafka`.
-        [sys.executable, "-m", "connector.localkafka", "run", *args],
+        [sys.executable, "-m", "meterstream_local.localkafka", "run", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -486,6 +490,32 @@ def test_cluster_rejects_an_unknown_backend(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("METERSTREAM_KAFKA", "podman")
     with pytest.raises(LocalKafkaError, match="expected auto, jars or docker"), cluster():
         pass
+
+
+def test_a_docker_engine_without_testcontainers_falls_back_to_the_jars_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("METERSTREAM_KAFKA", raising=False)
+    monkeypatch.setattr(cluster_module, "docker_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "testcontainers", None)  # find_spec: not installed
+    assert cluster_module.choose_backend() == "jars"
+    monkeypatch.delitem(sys.modules, "testcontainers")
+    assert cluster_module.choose_backend() == "docker"
+
+
+def test_forcing_docker_without_testcontainers_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("METERSTREAM_KAFKA", "docker")
+    monkeypatch.setitem(sys.modules, "testcontainers", None)
+    running_before = set(broker_module._live)
+    with (
+        pytest.raises(LocalKafkaError, match=r"pip install 'meterstream-local\[docker\]'"),
+        cluster(),
+    ):
+        pass
+    assert set(broker_module._live) == running_before
 
 
 def test_topic_factory_topics_exist_with_their_partitions(

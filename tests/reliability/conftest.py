@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from connector.emulator import EmulatorServer
-from connector.localkafka import create_topics, delete_topics
+from meterstream_local.emulator import EmulatorServer
+from meterstream_local.localkafka import create_topics, delete_topics
 from tests.conftest import unique_name
 from tests.reliability.report import ReliabilityReport, ScenarioRow
 from tests.reliability.world import ReliabilityWorld

@@ -21,8 +21,8 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from connector.localkafka import LocalKafka
 from connector.timestamps import STRIPE_MAX_AGE_SECONDS
+from meterstream_local.localkafka import LocalKafka
 from tests.integration.harness import ConnectorProcess, scrape, wait_until
 from tests.reliability.report import ScenarioRow
 from tests.reliability.world import (

@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from connector.emulator.meters import Meter
+from meterstream_local.emulator.meters import Meter
 from tests.reliability.report import ScenarioRow
 from tests.reliability.world import (
     Outgoing,

@@ -24,8 +24,8 @@ import httpx
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from connector import samples
-from connector.emulator import EmulatorServer
+from meterstream_local import samples
+from meterstream_local.emulator import EmulatorServer
 from tests.integration.harness import (
     ConnectorProcess,
     ConnectorWorld,
@@ -297,7 +297,7 @@ class ReliabilityWorld(ConnectorWorld):
     def produce_samples(
         self, count: int, *, bad_every: int = 0, seed: int = 7, id_prefix: str | None = None
     ) -> None:
-        """Realistic usage from ``connector.samples`` (ids ``<prefix>-<n>``)."""
+        """Realistic usage from ``meterstream_local.samples`` (ids ``<prefix>-<n>``)."""
         prefix = id_prefix or f"r{uuid.uuid4().hex[:6]}"
         records: list[Outgoing] = []
         verdicts: list[Any] = []

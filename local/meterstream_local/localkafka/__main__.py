@@ -1,4 +1,4 @@
-"""``python -m connector.localkafka fetch|run``.
+"""``python -m meterstream_local.localkafka fetch|run``.
 
 ``fetch`` (scripts/bootstrap.sh) fetches the broker's jars once and prints one line saying
 where they are and whether they were fetched or cached; it exits 1 with the reason (no mvn,
@@ -13,14 +13,14 @@ import time
 from collections.abc import Sequence
 
 from connector.errors import LocalKafkaError
-from connector.localkafka import cli
-from connector.localkafka.jars import KAFKA_VERSION, cached_jars, fetch_jars
+from meterstream_local.localkafka import cli
+from meterstream_local.localkafka.jars import KAFKA_VERSION, cached_jars, fetch_jars
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m connector.localkafka``."""
+    """Entry point of ``python -m meterstream_local.localkafka``."""
     parser = argparse.ArgumentParser(
-        prog="python -m connector.localkafka",
+        prog="python -m meterstream_local.localkafka",
         description="Manage the local Kafka broker's jars (the broker itself: "
         "`meterstream local-kafka`).",
     )

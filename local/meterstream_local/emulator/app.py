@@ -23,10 +23,10 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from connector.emulator.faults import Faults, KnobError, Knobs, Refusal
-from connector.emulator.meters import Meter, MeterSpecError, meter_from_mapping
-from connector.emulator.state import EmulatorState, rfc3339
-from connector.emulator.validation import RequestRejected, check_events
+from meterstream_local.emulator.faults import Faults, KnobError, Knobs, Refusal
+from meterstream_local.emulator.meters import Meter, MeterSpecError, meter_from_mapping
+from meterstream_local.emulator.state import EmulatorState, rfc3339
+from meterstream_local.emulator.validation import RequestRejected, check_events
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -23,24 +23,24 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from connector.emulator.client import EmulatorClient, EmulatorProcess
-    from connector.emulator.faults import FailureRule, KnobError, Knobs
-    from connector.emulator.meters import (
+    from meterstream_local.emulator.client import EmulatorClient, EmulatorProcess
+    from meterstream_local.emulator.faults import FailureRule, KnobError, Knobs
+    from meterstream_local.emulator.meters import (
         Meter,
         MeterSpecError,
         load_meters_file,
         parse_meter_spec,
     )
-    from connector.emulator.server import (
+    from meterstream_local.emulator.server import (
         DEFAULT_HOST,
         DEFAULT_PORT,
         EmulatorError,
         EmulatorServer,
     )
-    from connector.emulator.state import EmulatorState
+    from meterstream_local.emulator.state import EmulatorState
 
 #: Public name -> defining module. Imported on first use: ``meterstream --help`` imports
-#: ``connector.emulator.cli`` (and so this package) and must not pay for httpx/uvicorn.
+#: ``meterstream_local.emulator.cli`` (and so this package) and must not pay for httpx/uvicorn.
 _EXPORTS = {
     "DEFAULT_HOST": "server",
     "DEFAULT_PORT": "server",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from connector.emulator.meters import DEFAULT_CUSTOMER_KEY, DEFAULT_VALUE_KEY, Meter
+from meterstream_local.emulator.meters import DEFAULT_CUSTOMER_KEY, DEFAULT_VALUE_KEY, Meter
 
 #: Stripe accepts 1..100 events per stream request.
 MAX_EVENTS_PER_REQUEST = 100

@@ -51,8 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: Any) -> int:
     """Run the broker until interrupted; 0 after a clean stop, 1 if the broker died."""
-    from connector.localkafka.broker import LocalKafka
-    from connector.localkafka.jars import KAFKA_VERSION
+    from meterstream_local.localkafka.broker import LocalKafka
+    from meterstream_local.localkafka.jars import KAFKA_VERSION
 
     # SIGINT too: a shell that starts us in the background hands us SIGINT ignored.
     signal.signal(signal.SIGTERM, _interrupt)

@@ -30,9 +30,9 @@ from pathlib import Path
 from types import TracebackType
 
 from connector.errors import LocalKafkaError
-from connector.localkafka.admin import wait_until_serving
-from connector.localkafka.jars import KAFKA_VERSION, fetch_jars
-from connector.localkafka.settings import (
+from meterstream_local.localkafka.admin import wait_until_serving
+from meterstream_local.localkafka.jars import KAFKA_VERSION, fetch_jars
+from meterstream_local.localkafka.settings import (
     BROKER_SETTINGS,
     kraft_settings,
     new_cluster_id,

@@ -25,8 +25,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from connector.emulator.meters import Meter
-from connector.emulator.validation import CheckedEvent
+from meterstream_local.emulator.meters import Meter
+from meterstream_local.emulator.validation import CheckedEvent
 
 #: Stripe deduplicates identifiers over a rolling 24 hours.
 DEDUPE_WINDOW_SECONDS = 86_400.0

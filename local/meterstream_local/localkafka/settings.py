@@ -82,7 +82,7 @@ def new_cluster_id() -> str:
 
 def render_properties(settings: dict[str, str]) -> str:
     """``settings`` as a Java properties file (later keys win, like java.util.Properties)."""
-    lines = ["# Written by meterstream (connector/localkafka); regenerated on every start."]
+    lines = ["# Written by meterstream (meterstream_local.localkafka); regenerated on every start."]
     for key, value in settings.items():
         # Backslashes are escapes in properties files; nothing else in our values needs it.
         escaped = value.replace("\\", "\\\\")

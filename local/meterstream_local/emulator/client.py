@@ -122,7 +122,7 @@ class EmulatorClient:
 class EmulatorProcess:
     """``meterstream emulator`` as a child process (``args``: extra command-line flags).
 
-    Runs ``python -m connector.emulator``: the same ``main()`` as the subcommand.
+    Runs ``python -m meterstream_local.emulator``: the same ``main()`` as the subcommand.
     """
 
     def __init__(
@@ -136,7 +136,7 @@ class EmulatorProcess:
         self.command = [
             sys.executable,
             "-m",
-            "connector.emulator",
+            "meterstream_local.emulator",
             "--host",
             host,
             "--port",

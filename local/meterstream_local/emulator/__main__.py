@@ -1,4 +1,4 @@
-"""``python -m connector.emulator``: the same as ``meterstream emulator``.
+"""``python -m meterstream_local.emulator``: the same as ``meterstream emulator``.
 
 Starting the emulator this way builds only its own parser, so a child process starts
 faster and does not depend on the other subcommands' modules.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from connector.emulator.cli import add_arguments, main
 from connector.errors import ConfigError
+from meterstream_local.emulator.cli import add_arguments, main
 
 
 def run() -> int:

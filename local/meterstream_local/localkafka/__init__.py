@@ -2,7 +2,7 @@
 
     cluster()      the one entry point: KAFKA_BOOTSTRAP_SERVERS, else Docker, else the jars
     LocalKafka     a single-node KRaft broker run from Maven Central jars with the local JDK
-    fetch_jars()   fetch those jars once into the cache (python -m connector.localkafka fetch)
+    fetch_jars()   fetch them once into the cache (python -m meterstream_local.localkafka fetch)
     create_topics(), delete_topics(), end_offsets(), committed_offsets(): admin helpers
 
 Everything here imports only the standard library at module level (confluent-kafka and
@@ -11,7 +11,7 @@ testcontainers load on use), so the CLI can import it to build ``--help``.
 
 from __future__ import annotations
 
-from connector.localkafka.admin import (
+from meterstream_local.localkafka.admin import (
     committed_offsets,
     create_topics,
     delete_topics,
@@ -19,10 +19,10 @@ from connector.localkafka.admin import (
     produce_all,
     wait_until_serving,
 )
-from connector.localkafka.broker import LocalKafka, find_java, free_ports
-from connector.localkafka.cluster import cluster, docker_available
-from connector.localkafka.jars import KAFKA_VERSION, cache_root, fetch_jars
-from connector.localkafka.settings import BROKER_SETTINGS
+from meterstream_local.localkafka.broker import LocalKafka, find_java, free_ports
+from meterstream_local.localkafka.cluster import cluster, docker_available
+from meterstream_local.localkafka.jars import KAFKA_VERSION, cache_root, fetch_jars
+from meterstream_local.localkafka.settings import BROKER_SETTINGS
 
 __all__ = [
     "BROKER_SETTINGS",

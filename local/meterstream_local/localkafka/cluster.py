@@ -3,26 +3,29 @@
 In order of preference:
 
 1. ``KAFKA_BOOTSTRAP_SERVERS`` is set: use that cluster, start nothing.
-2. A Docker engine answers: an ``apache/kafka`` container through testcontainers.
+2. A Docker engine answers and testcontainers is installed (an optional dependency:
+   ``pip install 'meterstream-local[docker]'``): an ``apache/kafka`` container.
 3. Otherwise: ``LocalKafka``, the broker run from the Maven Central jars with the local JDK.
 
-``METERSTREAM_KAFKA=jars`` (or ``docker``) skips the detection and forces one backend.
+``METERSTREAM_KAFKA=jars`` (or ``docker``) skips the detection and forces one backend;
+forcing ``docker`` without testcontainers is an error that says what to install.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import cast
+from typing import Literal, cast
 
 from connector.errors import LocalKafkaError
-from connector.localkafka.admin import wait_until_serving
-from connector.localkafka.broker import HOST, START_TIMEOUT_SECONDS, LocalKafka, free_ports
-from connector.localkafka.jars import KAFKA_VERSION
-from connector.localkafka.settings import (
+from meterstream_local.localkafka.admin import wait_until_serving
+from meterstream_local.localkafka.broker import HOST, START_TIMEOUT_SECONDS, LocalKafka, free_ports
+from meterstream_local.localkafka.jars import KAFKA_VERSION
+from meterstream_local.localkafka.settings import (
     BROKER_SETTINGS,
     docker_environment,
     kraft_settings,
@@ -36,6 +39,8 @@ KAFKA_IMAGE = f"apache/kafka:{KAFKA_VERSION}"
 DOCKER_INFO_TIMEOUT_SECONDS = 5.0
 #: The environment variable that forces a backend: auto (default), jars or docker.
 BACKEND_ENV = "METERSTREAM_KAFKA"
+#: What to install for the Docker backend (testcontainers is not a required dependency).
+DOCKER_INSTALL_HINT = "pip install 'meterstream-local[docker]'"
 #: Ports inside the container (the client one is published on a free loopback port).
 _CONTAINER_PORT = 9092
 _CONTAINER_CONTROLLER_PORT = 9093
@@ -48,15 +53,38 @@ def cluster() -> Iterator[str]:
     if external:
         yield external
         return
-    backend = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
-    if backend not in ("auto", "jars", "docker"):
-        raise LocalKafkaError(f"{BACKEND_ENV}={backend!r}: expected auto, jars or docker")
-    if backend == "docker" or (backend == "auto" and docker_available()):
+    if choose_backend() == "docker":
         with _docker_kafka() as bootstrap:
             yield bootstrap
     else:
         with LocalKafka() as kafka:
             yield kafka.bootstrap_servers
+
+
+def choose_backend() -> Literal["docker", "jars"]:
+    """The backend ``cluster()`` starts: ``METERSTREAM_KAFKA``, else what this machine has.
+
+    Docker only when testcontainers is installed too (it is optional); a Docker engine
+    without it falls back to the jars broker rather than failing.
+    """
+    backend = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    if backend not in ("auto", "jars", "docker"):
+        raise LocalKafkaError(f"{BACKEND_ENV}={backend!r}: expected auto, jars or docker")
+    if backend == "docker" and not testcontainers_installed():
+        raise LocalKafkaError(
+            f"{BACKEND_ENV}=docker needs testcontainers: {DOCKER_INSTALL_HINT} "
+            f"(or unset {BACKEND_ENV} to run the jars broker)"
+        )
+    if backend == "docker" or (
+        backend == "auto" and testcontainers_installed() and docker_available()
+    ):
+        return "docker"
+    return "jars"
+
+
+def testcontainers_installed() -> bool:
+    """Whether the optional Docker backend can be used (without importing it: it is slow)."""
+    return importlib.util.find_spec("testcontainers") is not None
 
 
 def docker_available() -> bool:

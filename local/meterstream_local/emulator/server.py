@@ -16,14 +16,14 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
-from connector.emulator.app import EmulatorApp
-from connector.emulator.faults import Faults, Knobs
-from connector.emulator.meters import Meter, check_unique
-from connector.emulator.state import EmulatorState
+from meterstream_local.emulator.app import EmulatorApp
+from meterstream_local.emulator.faults import Faults, Knobs
+from meterstream_local.emulator.meters import Meter, check_unique
+from meterstream_local.emulator.state import EmulatorState
 
 DEFAULT_HOST = "127.0.0.1"
-#: The emulator's documented default port (``meterstream emulator``; the connector's
-#: config names the same one). 12111 is where stripe-mock listens too, so tooling that
+#: The emulator's documented default port (``meterstream emulator``). 12111 is where
+#: stripe-mock listens too, so tooling that
 #: expects a local Stripe finds this one; run one of them at a time, or pass --port.
 DEFAULT_PORT = 12111
 #: How long start() waits for uvicorn to come up before failing.

@@ -92,9 +92,9 @@ def _run(args: argparse.Namespace, console: Any) -> _Outcome:
     import yaml
     from confluent_kafka import Producer
 
-    from connector import samples
-    from connector.emulator.client import EmulatorProcess
-    from connector.localkafka import cluster, create_topics
+    from meterstream_local import samples
+    from meterstream_local.emulator.client import EmulatorProcess
+    from meterstream_local.localkafka import cluster, create_topics
 
     suffix = uuid.uuid4().hex[:8]
     topic, dead_letter_topic = f"usage-demo-{suffix}", f"usage-demo-{suffix}.dlq"
@@ -218,7 +218,7 @@ def _dead_letter_reasons(bootstrap: str, topic: str) -> Counter[str]:
     """Count the dead-letter topic's records by their ``meterstream.reason`` header."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from connector.localkafka import end_offsets
+    from meterstream_local.localkafka import end_offsets
 
     ends = end_offsets(bootstrap, topic)
     reasons: Counter[str] = Counter()

@@ -9,7 +9,7 @@ import argparse
 from typing import Any
 
 _DEFAULT_HOST = "127.0.0.1"
-_DEFAULT_PORT = 12111  # == connector.emulator.server.DEFAULT_PORT (a test pins them equal)
+_DEFAULT_PORT = 12111  # == meterstream_local.emulator.server.DEFAULT_PORT (a test pins them equal)
 _DEFAULT_TTL = 900.0  # Stripe's 15-minute session lifetime
 #: How often the main thread wakes to notice a signal while the server thread serves.
 _WAIT_SLICE_SECONDS = 0.5
@@ -160,10 +160,10 @@ def main(args: argparse.Namespace) -> int:
     import sys
     import threading
 
-    from connector.emulator.faults import KnobError
-    from connector.emulator.meters import MeterSpecError, load_meters_file, parse_meter_spec
-    from connector.emulator.server import EmulatorError, EmulatorServer
     from connector.errors import ConfigError
+    from meterstream_local.emulator.faults import KnobError
+    from meterstream_local.emulator.meters import MeterSpecError, load_meters_file, parse_meter_spec
+    from meterstream_local.emulator.server import EmulatorError, EmulatorServer
 
     try:
         meters = [parse_meter_spec(spec) for spec in args.meter]
