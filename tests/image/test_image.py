@@ -4,15 +4,18 @@ The image runs the way the Helm chart runs it (uid 10001, read-only root filesys
 an empty /tmp, no capabilities, the config mounted at /etc/meterstream/meterstream.yaml),
 on the host network so it reaches the session's broker and the emulator on loopback. It
 must bill the demo's records exactly, dead-letter the bad ones, answer its probes, and
-exit 0 on SIGTERM. Its contents are checked too: no compiler, no installer.
+exit 0 on SIGTERM. Its contents are checked too: no compiler, no installer, and nothing
+of the local world (emulator, local Kafka, demo), which ships as meterstream-local.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import time
+import tomllib
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -26,6 +29,7 @@ from connector import demo
 from tests.image import podman as engine
 from tests.image.conftest import FIGURES
 from tests.integration.harness import (
+    REPO,
     ConnectorProcess,
     end_offsets,
     headers_of,
@@ -46,6 +50,8 @@ BILL_TIMEOUT_SECONDS = 120
 #: The connector's drain on SIGTERM (shutdown.drain_timeout_seconds in the test config) and
 #: the container's own stop, with room to spare.
 STOP_TIMEOUT_SECONDS = 60
+#: Importable names that belong to local development, never to the runtime image.
+LOCAL_TOOLING = ("uvicorn", "rich", "testcontainers", "meterstream_local")
 #: The chart's container args, with two workers: the supervisor keeps its metrics and status
 #: files in /tmp, the one writable path (an emptyDir in the chart, a tmpfs here).
 CHART_ARGS = ("run", "--config", "/etc/meterstream/meterstream.yaml", "--workers", "2")
@@ -217,3 +223,28 @@ def test_the_image_runs_as_uid_10001_read_only_without_compiler_or_installer(
     assert found["compilers"] == []
     assert found["pip"] is False, "the application's environment can install nothing"
     assert found["writable"] is False
+
+
+def _runtime_dependency_names() -> set[str]:
+    """The distribution names in pyproject.toml's ``dependencies`` (what the image installs)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return {re.split(r"[^A-Za-z0-9._-]", spec, maxsplit=1)[0] for spec in project["dependencies"]}
+
+
+@pytest.mark.xfail(
+    bool({"uvicorn", "rich"} & _runtime_dependency_names()),
+    reason="uvicorn and rich are runtime dependencies until the emulator, local Kafka and demo "
+    "move to the meterstream-local distribution (local/)",
+    strict=True,
+)
+def test_the_image_holds_no_local_tooling(
+    podman: engine.Podman, built_image: engine.BuiltImage
+) -> None:
+    found = in_image(
+        podman,
+        built_image.reference,
+        "import importlib.util, json\n"
+        f"names = {list(LOCAL_TOOLING)!r}\n"
+        "print(json.dumps([n for n in names if importlib.util.find_spec(n) is not None]))\n",
+    )
+    assert found == []
