@@ -924,31 +924,31 @@ def test_pdb_and_job(rendered: dict[str, list[dict[str, Any]]]) -> None:
 # --------------------------------------------------------------------------- dashboard
 
 
-#: Every metric the connector exports (connector/metrics.py), without the
-#: ``meterstream_`` prefix; histograms also expose _bucket, _sum and _count.
-COUNTERS = {
-    "records_consumed_total",
-    "events_sent_total",
-    "batches_total",
-    "dead_letters_total",
-    "retries_total",
-    "session_renewals_total",
-    "commits_total",
-    "rebalances_total",
-}
-GAUGES = {
-    "requests_in_flight",
-    "session_expires_in_seconds",
-    "assigned_partitions",
-    "consumer_lag_records",
-    "paused_partitions",
-    "buffered_records",
-    "build_info",
-}
-HISTOGRAMS = {"request_duration_seconds", "batch_size_events"}
-KNOWN_SERIES = {f"meterstream_{name}" for name in COUNTERS | GAUGES} | {
-    f"meterstream_{name}_{suffix}" for name in HISTOGRAMS for suffix in ("bucket", "sum", "count")
-}
+@cache
+def exported_series() -> frozenset[str]:
+    """Every series name the connector exports, read from connector/metrics.py itself.
+
+    Read from the registry rather than listed here, so a metric added to the connector is
+    checked at once (labelled families have no samples until used, so names come from the
+    families): counters expose ``_total``, histograms ``_bucket``, ``_sum`` and ``_count``,
+    info metrics ``_info``.
+    """
+    from prometheus_client import REGISTRY
+
+    import connector.metrics  # noqa: F401  (registers the connector's metrics)
+
+    suffixes = {
+        "counter": ["_total"],
+        "histogram": ["_bucket", "_sum", "_count"],
+        "info": ["_info"],
+    }
+    series = {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        if family.name.startswith("meterstream_")
+        for suffix in suffixes.get(family.type, [""])
+    }
+    return frozenset(series)
 
 
 def dashboard() -> dict[str, Any]:
@@ -965,16 +965,26 @@ def dashboard_panels() -> Iterator[dict[str, Any]]:
 def test_dashboard_queries_only_exported_metrics() -> None:
     exprs = [t["expr"] for p in dashboard_panels() for t in p.get("targets", [])]
     variables = [v["definition"] for v in dashboard()["templating"]["list"] if "definition" in v]
+    known = exported_series()
+    # The registry was read: counters, gauges, histograms and the info metric are there.
+    assert {
+        "meterstream_records_consumed_total",
+        "meterstream_consumer_lag_seconds",
+        "meterstream_retention_headroom_seconds",
+        "meterstream_stripe_error_reports_total",
+        "meterstream_request_duration_seconds_bucket",
+        "meterstream_build_info",
+    } <= known
     used: set[str] = set()
     for expr in exprs + variables:
         names = set(re.findall(r"\bmeterstream_[a-z_]+", expr))
         assert names, f"no meterstream metric in {expr!r}"
-        assert names <= KNOWN_SERIES, f"unknown metrics {names - KNOWN_SERIES} in {expr!r}"
+        assert names <= known, f"unknown metrics {names - known} in {expr!r}"
         assert expr.count("(") == expr.count(")"), expr
         used |= names
     # Throughput, lag, DLQ by reason, latency percentiles, in-flight, session expiry,
     # batches, retries, rebalances, commits: every exported series has a panel.
-    unused = KNOWN_SERIES - used - {"meterstream_request_duration_seconds_sum"}
+    unused = known - used - {"meterstream_request_duration_seconds_sum"}
     unused -= {"meterstream_request_duration_seconds_count"}
     assert not unused, f"exported but not on the dashboard: {sorted(unused)}"
     latency = [e for e in exprs if "request_duration_seconds_bucket" in e]
