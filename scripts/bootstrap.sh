@@ -2,8 +2,8 @@
 # Set up everything meterstream's demo and tests need, idempotently:
 #   .venv with the package and its test/dev extras (reinstalled when pyproject.toml changes),
 #   the Apache Kafka jars from Maven Central (cached in ~/.cache/meterstream),
-#   helm built with Go (cached in ~/.cache/meterstream/bin).
-# Usage: scripts/bootstrap.sh [--no-helm]
+#   helm and promtool built with Go (cached in ~/.cache/meterstream/bin), for the chart tests.
+# Usage: scripts/bootstrap.sh [--no-helm]   (--no-helm skips both Go builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,9 @@ want_helm=1
 [[ "${1:-}" == "--no-helm" ]] && want_helm=0
 
 HELM_VERSION="v3.19.5"
+# promtool checks and unit-tests the chart's alerting rules; about ten minutes to build on
+# two cores, once.
+PROMTOOL_VERSION="v0.316.0"
 CACHE="${METERSTREAM_CACHE:-$HOME/.cache/meterstream}"
 PY="${PYTHON:-python3}"
 
@@ -45,5 +48,13 @@ if [[ $want_helm == 1 && ! -x "$CACHE/bin/helm" ]]; then
   echo "bootstrap: building helm $HELM_VERSION with Go (once; cached in $CACHE/bin)"
   mkdir -p "$CACHE/bin"
   GOBIN="$CACHE/bin" GOFLAGS=-buildvcs=false go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+fi
+
+# 4. promtool (Prometheus's rule checker), built the same way.
+if [[ $want_helm == 1 && ! -x "$CACHE/bin/promtool" ]]; then
+  need go "install Go to build promtool (go install github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION)"
+  echo "bootstrap: building promtool $PROMTOOL_VERSION with Go (once, about 10 minutes on 2 cores; cached in $CACHE/bin)"
+  mkdir -p "$CACHE/bin"
+  GOBIN="$CACHE/bin" GOFLAGS=-buildvcs=false go install "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION"
 fi
 echo "bootstrap: ready"
