@@ -94,6 +94,19 @@ CONSUMER_LAG = Gauge(
     ["topic", "partition"],
     multiprocess_mode="livemax",
 )
+CONSUMER_LAG_AGE = Gauge(
+    "meterstream_consumer_lag_seconds",
+    "Age of the oldest record not yet billed or dead-lettered, per partition (0 when caught up).",
+    ["topic", "partition"],
+    multiprocess_mode="livemax",
+)
+RETENTION_HEADROOM = Gauge(
+    "meterstream_retention_headroom_seconds",
+    "The topic's retention.ms minus the oldest unresolved record's age: time left before "
+    "Kafka deletes records not yet billed (absent for topics without time retention).",
+    ["topic"],
+    multiprocess_mode="livemin",
+)
 PAUSED_PARTITIONS = Gauge(
     "meterstream_paused_partitions",
     "Partitions paused by backpressure (too much work waiting for Stripe).",
@@ -104,6 +117,12 @@ BUFFERED_RECORDS = Gauge(
     "Records held in memory: not yet resolved (billed or dead-lettered), or resolved behind "
     "one that is not; fetching pauses at batching.max_buffered_records.",
     multiprocess_mode="livesum",
+)
+STRIPE_ERROR_REPORTS = Counter(
+    "meterstream_stripe_error_reports",
+    "Meter events Stripe dropped after accepting them (its asynchronous error reports), by "
+    "error code.",
+    ["code"],
 )
 #: Info is not supported in multiprocess mode; the supervisor's own registry carries it.
 BUILD_INFO = Info("meterstream_build", "The running meterstream version.")

@@ -3,8 +3,8 @@
 #   .venv with meterstream, its test/dev extras and the local tooling in ./local
 #   (reinstalled when pyproject.toml or local/pyproject.toml changes),
 #   the Apache Kafka jars from Maven Central (cached in ~/.cache/meterstream),
-#   helm built with Go (cached in ~/.cache/meterstream/bin).
-# Usage: scripts/bootstrap.sh [--no-helm]
+#   helm and promtool built with Go (cached in ~/.cache/meterstream/bin), for the chart tests.
+# Usage: scripts/bootstrap.sh [--no-helm]   (--no-helm skips both Go builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,9 @@ want_helm=1
 [[ "${1:-}" == "--no-helm" ]] && want_helm=0
 
 HELM_VERSION="v3.19.5"
+# promtool checks and unit-tests the chart's alerting rules; about ten minutes to build on
+# two cores, once.
+PROMTOOL_VERSION="v0.316.0"
 CACHE="${METERSTREAM_CACHE:-$HOME/.cache/meterstream}"
 PY="${PYTHON:-python3}"
 
@@ -49,5 +52,13 @@ if [[ $want_helm == 1 && ! -x "$CACHE/bin/helm" ]]; then
   echo "bootstrap: building helm $HELM_VERSION with Go (once; cached in $CACHE/bin)"
   mkdir -p "$CACHE/bin"
   GOBIN="$CACHE/bin" GOFLAGS=-buildvcs=false go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+fi
+
+# 4. promtool (Prometheus's rule checker), built the same way.
+if [[ $want_helm == 1 && ! -x "$CACHE/bin/promtool" ]]; then
+  need go "install Go to build promtool (go install github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION)"
+  echo "bootstrap: building promtool $PROMTOOL_VERSION with Go (once, about 10 minutes on 2 cores; cached in $CACHE/bin)"
+  mkdir -p "$CACHE/bin"
+  GOBIN="$CACHE/bin" GOFLAGS=-buildvcs=false go install "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION"
 fi
 echo "bootstrap: ready"

@@ -2,10 +2,12 @@
 
 Every ``ci/*-values.yaml`` is linted and rendered with the real helm; every rendered
 manifest is validated against the Kubernetes schemas (kubernetes-validate, strict) or,
-for the CRDs (KEDA ScaledObject, ServiceMonitor), against small schemas written here;
-the rendered config file is accepted by ``meterstream check-config`` with the pod's own
-environment. The template's guards (partition count, grace period, secrets) and the
-values schema are proved by renders that must fail with the right message.
+for the CRDs (KEDA ScaledObject, ServiceMonitor, PrometheusRule), against small schemas
+written here; the alerting rules pass ``promtool check rules`` and the promtool unit tests
+of ``alerts.test.yaml``; the rendered config file is accepted by ``meterstream
+check-config`` with the pod's own environment. The template's guards (partition count,
+grace period, secrets) and the values schema are proved by renders that must fail with
+the right message.
 """
 
 from __future__ import annotations
@@ -58,20 +60,29 @@ EXIT_MARGIN_SECONDS = 5.0
 # --------------------------------------------------------------------------- helm
 
 
-@cache
-def helm_binary() -> str:
-    """helm where scripts/bootstrap.sh puts it ($METERSTREAM_CACHE/bin), else on PATH."""
+def cached_tool(name: str, build: str) -> str:
+    """A tool where scripts/bootstrap.sh builds it ($METERSTREAM_CACHE/bin), else on PATH."""
     cache_dir = Path(os.environ.get("METERSTREAM_CACHE", Path.home() / ".cache" / "meterstream"))
-    candidate = cache_dir / "bin" / "helm"
+    candidate = cache_dir / "bin" / name
     if candidate.is_file() and os.access(candidate, os.X_OK):
         return str(candidate)
-    found = shutil.which("helm")
+    found = shutil.which(name)
     if found:
         return found
     pytest.fail(
-        f"helm not found at {candidate} nor on PATH: run scripts/bootstrap.sh (make test "
-        "does), which builds it with `go install helm.sh/helm/v3/cmd/helm@<pinned version>`"
+        f"{name} not found at {candidate} nor on PATH: run scripts/bootstrap.sh (make test "
+        f"does), which builds it with `go install {build}@<pinned version>`"
     )
+
+
+@cache
+def helm_binary() -> str:
+    return cached_tool("helm", "helm.sh/helm/v3/cmd/helm")
+
+
+@cache
+def promtool_binary() -> str:
+    return cached_tool("promtool", "github.com/prometheus/prometheus/cmd/promtool")
 
 
 def run_helm(*args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
@@ -214,6 +225,16 @@ EXPECTED_KINDS = {
         "NetworkPolicy",
         "Pod",
         "PodDisruptionBudget",
+        "PrometheusRule",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
+    ],
+    "alerts": [
+        "ConfigMap",
+        "Deployment",
+        "Pod",
+        "PrometheusRule",
         "Service",
         "ServiceAccount",
         "ServiceMonitor",
@@ -355,9 +376,70 @@ SERVICE_MONITOR_SCHEMA = {
     },
 }
 
+#: A Prometheus duration as the PrometheusRule CRD accepts it (units in descending order).
+_RULE_DURATION = {
+    "type": "string",
+    "pattern": "^(0|"
+    + "".join(f"(([0-9]+){unit})?" for unit in ("y", "w", "d", "h", "m", "s", "ms"))
+    + ")$",
+}
+
+#: The fields of the Prometheus operator's PrometheusRule (monitoring.coreos.com/v1) used:
+#: alerting rules only, each with a severity, a summary and a description.
+PROMETHEUS_RULE_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object",
+            "required": ["groups"],
+            "additionalProperties": False,
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "rules"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": _RULE_DURATION,
+                            "rules": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {
+                                    "type": "object",
+                                    "required": ["alert", "expr", "labels", "annotations"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "alert": {"type": "string", "pattern": "^[A-Za-z]+$"},
+                                        "expr": {"type": "string", "minLength": 1},
+                                        "for": _RULE_DURATION,
+                                        "labels": {**_STRING_MAP, "required": ["severity"]},
+                                        "annotations": {
+                                            **_STRING_MAP,
+                                            "required": ["summary", "description"],
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
 CRD_SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT_SCHEMA,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR_SCHEMA,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE_SCHEMA,
 }
 
 
@@ -385,6 +467,10 @@ def test_an_invalid_manifest_is_caught(rendered: dict[str, list[dict[str, Any]]]
     scaled["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 5000
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(scaled, SCALED_OBJECT_SCHEMA)
+    rule = json.loads(json.dumps(one(rendered["alerts"], "PrometheusRule")))
+    rule["spec"]["groups"][0]["rules"][0]["for"] = "10 minutes"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(rule, PROMETHEUS_RULE_SCHEMA)
 
 
 # --------------------------------------------------------------------------- the config file
@@ -446,6 +532,7 @@ def test_rendered_config_is_accepted_by_check_config(
         "hpa": 8,
         "kafka-sasl-ssl": 2,
         "full": 3,  # two pods and the backfill Job share the account budget
+        "alerts": 1,
     }
     assert effective["rate_limit"]["replicas"] == expected_replicas[name]
 
@@ -821,6 +908,19 @@ SCHEMA_REFUSED = {
     "zero workers": ({"workers": 0}, "workers"),
     "partitions as a string": ({"kafka": {"partitions": "12"}}, "partitions"),
     "bad env var name": ({"kafka": {"secretEnv": {"kafka-password": "k"}}}, "kafka-password"),
+    "double billing threshold past Stripe's window": (
+        {"prometheusRule": {"alerts": {"doubleBillingRisk": {"thresholdSeconds": 90000}}}},
+        "thresholdSeconds",
+    ),
+    "alert for in words": (
+        {"prometheusRule": {"alerts": {"notReady": {"for": "10 minutes"}}}},
+        "for",
+    ),
+    "runbook base not a URL": (
+        {"prometheusRule": {"runbookBaseUrl": "helm/meterstream/README.md"}},
+        "runbookBaseUrl",
+    ),
+    "unknown alert": ({"prometheusRule": {"alerts": {"lagHigh": {}}}}, "lagHigh"),
 }
 
 
@@ -924,31 +1024,31 @@ def test_pdb_and_job(rendered: dict[str, list[dict[str, Any]]]) -> None:
 # --------------------------------------------------------------------------- dashboard
 
 
-#: Every metric the connector exports (connector/metrics.py), without the
-#: ``meterstream_`` prefix; histograms also expose _bucket, _sum and _count.
-COUNTERS = {
-    "records_consumed_total",
-    "events_sent_total",
-    "batches_total",
-    "dead_letters_total",
-    "retries_total",
-    "session_renewals_total",
-    "commits_total",
-    "rebalances_total",
-}
-GAUGES = {
-    "requests_in_flight",
-    "session_expires_in_seconds",
-    "assigned_partitions",
-    "consumer_lag_records",
-    "paused_partitions",
-    "buffered_records",
-    "build_info",
-}
-HISTOGRAMS = {"request_duration_seconds", "batch_size_events"}
-KNOWN_SERIES = {f"meterstream_{name}" for name in COUNTERS | GAUGES} | {
-    f"meterstream_{name}_{suffix}" for name in HISTOGRAMS for suffix in ("bucket", "sum", "count")
-}
+@cache
+def exported_series() -> frozenset[str]:
+    """Every series name the connector exports, read from connector/metrics.py itself.
+
+    Read from the registry rather than listed here, so a metric added to the connector is
+    checked at once (labelled families have no samples until used, so names come from the
+    families): counters expose ``_total``, histograms ``_bucket``, ``_sum`` and ``_count``,
+    info metrics ``_info``.
+    """
+    from prometheus_client import REGISTRY
+
+    import connector.metrics  # noqa: F401  (registers the connector's metrics)
+
+    suffixes = {
+        "counter": ["_total"],
+        "histogram": ["_bucket", "_sum", "_count"],
+        "info": ["_info"],
+    }
+    series = {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        if family.name.startswith("meterstream_")
+        for suffix in suffixes.get(family.type, [""])
+    }
+    return frozenset(series)
 
 
 def dashboard() -> dict[str, Any]:
@@ -965,16 +1065,26 @@ def dashboard_panels() -> Iterator[dict[str, Any]]:
 def test_dashboard_queries_only_exported_metrics() -> None:
     exprs = [t["expr"] for p in dashboard_panels() for t in p.get("targets", [])]
     variables = [v["definition"] for v in dashboard()["templating"]["list"] if "definition" in v]
+    known = exported_series()
+    # The registry was read: counters, gauges, histograms and the info metric are there.
+    assert {
+        "meterstream_records_consumed_total",
+        "meterstream_consumer_lag_seconds",
+        "meterstream_retention_headroom_seconds",
+        "meterstream_stripe_error_reports_total",
+        "meterstream_request_duration_seconds_bucket",
+        "meterstream_build_info",
+    } <= known
     used: set[str] = set()
     for expr in exprs + variables:
         names = set(re.findall(r"\bmeterstream_[a-z_]+", expr))
         assert names, f"no meterstream metric in {expr!r}"
-        assert names <= KNOWN_SERIES, f"unknown metrics {names - KNOWN_SERIES} in {expr!r}"
+        assert names <= known, f"unknown metrics {names - known} in {expr!r}"
         assert expr.count("(") == expr.count(")"), expr
         used |= names
     # Throughput, lag, DLQ by reason, latency percentiles, in-flight, session expiry,
     # batches, retries, rebalances, commits: every exported series has a panel.
-    unused = KNOWN_SERIES - used - {"meterstream_request_duration_seconds_sum"}
+    unused = known - used - {"meterstream_request_duration_seconds_sum"}
     unused -= {"meterstream_request_duration_seconds_count"}
     assert not unused, f"exported but not on the dashboard: {sorted(unused)}"
     latency = [e for e in exprs if "request_duration_seconds_bucket" in e]
@@ -1011,6 +1121,200 @@ def test_dashboard_configmap_carries_the_file(rendered: dict[str, list[dict[str,
     )
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(configmap["data"]["meterstream.json"]) == dashboard()
+
+
+# --------------------------------------------------------------------------- alerts
+
+#: promtool unit tests of every alert, against the rules of ci/alerts-values.yaml.
+ALERT_TESTS = Path(__file__).with_name("alerts.test.yaml")
+#: Every alert the chart ships, each with a runbook section of this name in the README.
+ALERTS = {
+    "MeterstreamNotReady",
+    "MeterstreamConsumerLagHigh",
+    "MeterstreamRetentionHeadroomLow",
+    "MeterstreamDoubleBillingRisk",
+    "MeterstreamDeadLettersRising",
+    "MeterstreamStripeErrorReports",
+    "MeterstreamNoConsumers",
+}
+#: Rendered ci files with a PrometheusRule.
+RULE_CI_IDS = ["alerts", "full"]
+
+
+def alerting_rules(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The PrometheusRule's alerting rules by alert name."""
+    groups = one(manifests, "PrometheusRule")["spec"]["groups"]
+    return {rule["alert"]: rule for group in groups for rule in group["rules"]}
+
+
+def write_rule_file(manifests: list[dict[str, Any]], path: Path) -> Path:
+    """The PrometheusRule's groups as a Prometheus rule file (what the operator mounts)."""
+    groups = one(manifests, "PrometheusRule")["spec"]["groups"]
+    path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    return path
+
+
+def run_promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [promtool_binary(), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=cwd,
+    )
+
+
+@pytest.mark.parametrize("name", RULE_CI_IDS)
+def test_rules_pass_promtool_check(
+    rendered: dict[str, list[dict[str, Any]]], name: str, tmp_path: Path
+) -> None:
+    rules = write_rule_file(rendered[name], tmp_path / "rules.yaml")
+    result = run_promtool("check", "rules", "--lint-fatal", str(rules), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(ALERTS)} rules found" in result.stdout
+
+
+def test_promtool_check_catches_a_broken_rule(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """The check above can fail: an unbalanced expression is refused."""
+    manifests = json.loads(json.dumps(rendered["alerts"]))
+    rule = one(manifests, "PrometheusRule")["spec"]["groups"][0]["rules"][0]
+    rule["expr"] = rule["expr"].rstrip(")")
+    rules = write_rule_file(manifests, tmp_path / "rules.yaml")
+    result = run_promtool("check", "rules", str(rules), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "parse error" in result.stdout + result.stderr
+
+
+def run_alert_tests(manifests: list[dict[str, Any]], tmp: Path) -> subprocess.CompletedProcess[str]:
+    """``promtool test rules`` of alerts.test.yaml against these manifests' rules."""
+    write_rule_file(manifests, tmp / "rules.yaml")
+    shutil.copy(ALERT_TESTS, tmp / ALERT_TESTS.name)
+    return run_promtool("test", "rules", ALERT_TESTS.name, cwd=tmp)
+
+
+def test_alerts_fire_and_stay_quiet_in_promtool_unit_tests(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    result = run_alert_tests(rendered["alerts"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_alert_unit_tests_can_fail(tmp_path: Path) -> None:
+    """The unit tests notice a rule that changed: here a lag threshold twice as high."""
+    overrides = {"prometheusRule": {"alerts": {"consumerLag": {"thresholdSeconds": 1800}}}}
+    manifests = render(tmp_path, CI_DIR / "alerts-values.yaml", overrides)
+    result = run_alert_tests(manifests, tmp_path)
+    assert result.returncode != 0
+    assert "alertname: MeterstreamConsumerLagHigh" in result.stdout + result.stderr
+
+
+def test_every_alert_is_unit_tested_firing_and_quiet(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    assert set(alerting_rules(rendered["alerts"])) == ALERTS
+    suite = yaml.safe_load(ALERT_TESTS.read_text())
+    assert suite["rule_files"] == ["rules.yaml"]
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for group in suite["tests"]:
+        for case in group["alert_rule_test"]:
+            (firing if case["exp_alerts"] else quiet).add(case["alertname"])
+            for alert in case["exp_alerts"]:
+                assert alert["exp_annotations"]["runbook_url"].endswith(
+                    "#" + case["alertname"].lower()
+                )
+    assert firing == ALERTS
+    assert quiet == ALERTS
+
+
+def test_every_alert_says_what_to_do_and_links_its_runbook(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    readme = (CHART / "README.md").read_text()
+    headings = set(re.findall(r"^#+ (Meterstream[A-Za-z]+)$", readme, flags=re.MULTILINE))
+    assert headings == ALERTS
+    base = ci_values("alerts")["prometheusRule"]["runbookBaseUrl"]
+    for name, rule in alerting_rules(rendered["alerts"]).items():
+        assert rule["labels"]["severity"] in {"critical", "warning"}, name
+        assert rule["labels"]["team"] == "billing", name  # prometheusRule.alertLabels
+        annotations = rule["annotations"]
+        assert annotations["runbook_url"] == f"{base}#{name.lower()}"
+        assert "First:" in annotations["description"], name
+        assert annotations["summary"].strip(), name
+        runbook = readme.split(f"\n#### {name}\n", 1)[1].split("\n#", 1)[0]
+        for part in ("Why it matters", "Diagnose", "Fix"):
+            assert f"**{part}" in runbook, f"{name}: the runbook has no '{part}'"
+    # Without prometheusRule.runbookBaseUrl the links are left out, not made up.
+    for rule in alerting_rules(rendered["full"]).values():
+        assert "runbook_url" not in rule["annotations"]
+    labels = one(rendered["alerts"], "PrometheusRule")["metadata"]["labels"]
+    assert labels["release"] == "prometheus"  # what the Prometheus selects rules by
+
+
+def test_alerts_read_this_release_only(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Every meterstream series is selected by the ServiceMonitor's job and namespace."""
+    manifests = rendered["alerts"]
+    service = one(manifests, "Service")["metadata"]["name"]
+    selector = f'{{job="{service}",namespace="{NAMESPACE}"}}'
+    for name, rule in alerting_rules(manifests).items():
+        for metric in re.findall(r"\b((?:meterstream_[a-z_]+|up)\{[^}]*\})", rule["expr"]):
+            assert metric.endswith(selector), f"{name}: {metric}"
+
+
+def test_alert_values_reach_the_rules(tmp_path: Path) -> None:
+    alerts = {
+        "consumerLag": {"thresholdSeconds": 1800, "for": "30m", "severity": "critical"},
+        "retentionHeadroom": {"ratio": 0.3, "minSeconds": 172800},
+        "doubleBillingRisk": {"thresholdSeconds": 64800},
+        "deadLetters": {"threshold": 10, "window": "1h"},
+        "stripeErrorReports": {"enabled": False},
+    }
+    overrides = {
+        "prometheusRule": {"seriesSelector": 'job="meterstream",cluster="eu"', "alerts": alerts}
+    }
+    rules = alerting_rules(render(tmp_path, CI_DIR / "alerts-values.yaml", overrides))
+    assert "MeterstreamStripeErrorReports" not in rules
+    lag = rules["MeterstreamConsumerLagHigh"]
+    assert lag["expr"].endswith(") > 1800")
+    assert (lag["for"], lag["labels"]["severity"]) == ("30m", "critical")
+    assert "older than 30m" in lag["annotations"]["description"]
+    headroom = rules["MeterstreamRetentionHeadroomLow"]
+    assert " 0.3 * (" in headroom["expr"]
+    assert headroom["expr"].count("> 172800") == 1
+    assert "below 30% of the retention, or below 48h" in headroom["annotations"]["description"]
+    assert rules["MeterstreamDoubleBillingRisk"]["expr"].endswith(") > 64800")
+    dead = rules["MeterstreamDeadLettersRising"]
+    assert dead["expr"].endswith(") > 10")
+    assert "offset 1h" in dead["expr"]
+    assert "[1h]" in dead["expr"]
+    assert (
+        'meterstream_assigned_partitions{job="meterstream",cluster="eu"}'
+        in (rules["MeterstreamNoConsumers"]["expr"])
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "absent"),
+    [
+        ({}, True),
+        ({"replicaCount": 0}, False),
+        ({"kafka": {"partitions": 4}, "autoscaling": {"enabled": True, "minReplicas": 0}}, False),
+        ({"kafka": {"partitions": 4}, "autoscaling": {"enabled": True, "minReplicas": 1}}, True),
+    ],
+    ids=["one replica", "scaled to zero", "keda from zero", "keda from one"],
+)
+def test_no_consumers_alert_allows_scaling_to_zero(
+    tmp_path: Path, overrides: dict[str, Any], absent: bool
+) -> None:
+    """No pod at all pages only when the Deployment never runs without pods."""
+    manifests = render(tmp_path, CI_DIR / "alerts-values.yaml", overrides)
+    expr = alerting_rules(manifests)["MeterstreamNoConsumers"]["expr"]
+    assert ("absent(" in expr) is absent
+    assert "sum by (namespace) (meterstream_assigned_partitions" in expr
 
 
 # --------------------------------------------------------------------------- docs and schema
