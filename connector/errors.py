@@ -27,6 +27,8 @@ DeadLetterReason = Literal[
     "record_too_large",  # over records.max_bytes, or an event over Stripe's limits
     "rejected_by_stripe",  # Stripe answered 4xx (not 401/429) for this event alone
     "session_expired",  # still refused as expired after a session renewal and one resend
+    "no_active_meter",  # no active Stripe meter has this event name: Stripe would drop it
+    "meter_payload_mismatch",  # the meter reads customer or value under other payload keys
 ]
 
 #: Every reason code, in documentation order; DLQ consumers can rely on these strings.
@@ -39,6 +41,8 @@ DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = (
     "record_too_large",
     "rejected_by_stripe",
     "session_expired",
+    "no_active_meter",
+    "meter_payload_mismatch",
 )
 
 
