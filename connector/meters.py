@@ -23,7 +23,6 @@ runs the same checks and prints the meters.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter
@@ -37,12 +36,11 @@ from connector import metrics
 from connector.config import MappingConfig, MeterstreamConfig, StripeConfig
 from connector.errors import (
     AuthenticationError,
-    BackoffError,
     ConfigError,
     DeadLetterReason,
     StripeError,
 )
-from connector.stripe_v1 import StripeV1Client
+from connector.stripe_v1 import StripeV1Client, retry_outages
 
 log = logging.getLogger("meterstream.meters")
 
@@ -397,32 +395,16 @@ async def fetch_catalog(config: MeterstreamConfig, *, attempts: int | None = Non
     async def fetch() -> list[Meter]:
         return await list_meters(config.stripe, api_key)
 
-    delay = config.delivery.backoff_initial_seconds
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            meters = await fetch()
-            break
-        except AuthenticationError as exc:
-            raise ConfigError([(_auth_setting(exc), str(exc))]) from None
-        except BackoffError as exc:
-            if attempts is not None and attempt >= attempts:
-                raise BackoffError(
-                    f"Stripe unreachable: {exc} (gave up after {attempt} attempts)",
-                    cause=exc.cause,
-                    status=exc.status,
-                    request_id=exc.request_id,
-                ) from None
-            wait = max(delay, exc.retry_after or 0.0)
-            log.warning(
-                "cannot list billing meters, retrying in %.1f s: %s",
-                wait,
-                exc,
-                extra={"request_id": exc.request_id} if exc.request_id else None,
-            )
-            await asyncio.sleep(wait)
-            delay = min(delay * 2, config.delivery.backoff_max_seconds)
+    try:
+        meters = await retry_outages(
+            fetch,
+            doing="listing billing meters",
+            initial_seconds=config.delivery.backoff_initial_seconds,
+            max_seconds=config.delivery.backoff_max_seconds,
+            attempts=attempts,
+        )
+    except AuthenticationError as exc:
+        raise ConfigError([(_auth_setting(exc), str(exc))]) from None
     return MeterCatalog(meters, fetch=fetch, refresh_seconds=settings.refresh_seconds)
 
 

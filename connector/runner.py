@@ -114,7 +114,7 @@ def _check_meters_online(config: MeterstreamConfig) -> int:
     from connector.meters import describe, ensure_mapping_fits, fetch_catalog
 
     # A few quick attempts, then one line: the per-retry warnings would only repeat it.
-    logging.getLogger("meterstream.meters").setLevel(logging.ERROR)
+    logging.getLogger("meterstream.stripe").setLevel(logging.ERROR)
 
     if not config.meters.preflight:
         print(

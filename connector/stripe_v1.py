@@ -15,9 +15,11 @@ is false. The API key only ever goes into the Authorization header.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -27,6 +29,9 @@ from connector import __version__
 from connector.config import StripeConfig
 from connector.errors import AuthenticationError, BackoffError, StripeError
 from connector.sink import parse_retry_after
+
+log = logging.getLogger("meterstream.stripe")
+_T = TypeVar("_T")
 
 #: Stripe's largest page for v1 lists.
 PAGE_LIMIT = 100
@@ -175,3 +180,37 @@ class StripeV1Client:
                     cause="server_error",
                 )
             query["starting_after"] = last["id"]
+
+
+async def retry_outages(
+    call: Callable[[], Awaitable[_T]],
+    *,
+    doing: str,
+    initial_seconds: float,
+    max_seconds: float,
+    attempts: int | None,
+) -> _T:
+    """``call()`` again after each BackoffError (exponential backoff, ``Retry-After`` honoured).
+
+    ``attempts`` None retries until Stripe answers, with a warning each time; otherwise the
+    last BackoffError is raised after that many attempts, its message starting with
+    "Stripe unreachable". Every other error is raised at once.
+    """
+    delay = initial_seconds
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await call()
+        except BackoffError as exc:
+            if attempts is not None and attempt >= attempts:
+                raise BackoffError(
+                    f"Stripe unreachable: {exc} (gave up after {attempt} attempts)",
+                    cause=exc.cause,
+                    status=exc.status,
+                    request_id=exc.request_id,
+                ) from None
+            wait = min(max(delay, exc.retry_after or 0.0), max(max_seconds, initial_seconds))
+            log.warning("%s failed, retrying in %.1f s: %s", doing, wait, exc)
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, max_seconds)
