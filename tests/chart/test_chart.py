@@ -935,6 +935,7 @@ COUNTERS = {
     "session_renewals_total",
     "commits_total",
     "rebalances_total",
+    "meter_preflight_failures_total",
 }
 GAUGES = {
     "requests_in_flight",
@@ -944,6 +945,7 @@ GAUGES = {
     "paused_partitions",
     "buffered_records",
     "build_info",
+    "meters",
 }
 HISTOGRAMS = {"request_duration_seconds", "batch_size_events"}
 KNOWN_SERIES = {f"meterstream_{name}" for name in COUNTERS | GAUGES} | {
