@@ -343,8 +343,12 @@ def _read(
             ):
                 if tp.offset >= pending[(tp.topic, tp.partition)].end:
                     finished.add((tp.topic, tp.partition))
-        for key in finished:
-            pending.pop(key, None)
+        finished &= pending.keys()
+        if finished:
+            for key in finished:
+                del pending[key]
+            # Stop fetching what is done: prefetched records past the commit cost memory.
+            consumer.pause([TopicPartition(topic, partition) for topic, partition in finished])
         now = time.monotonic()
         if moved or finished:
             last_move = now
