@@ -43,6 +43,16 @@ SUBCOMMANDS: tuple[tuple[str, str, str, str], ...] = (
         "key.",
     ),
     (
+        "reconcile",
+        "connector.reconcile",
+        "compare what Kafka committed with what Stripe's meters hold, per meter and customer",
+        "Read the records the consumer group committed (from --start minus --lookback-hours "
+        "to the committed offsets), map them with the current config, leave out the dead "
+        "letters, sum the events whose timestamp is in [--start, --end) per event name and "
+        "customer, and compare with Stripe's event summaries over the same window. Exit 0 "
+        "when everything matches, 1 when anything differs, 2 for a bad invocation.",
+    ),
+    (
         "emulator",
         "meterstream_local.emulator.cli",
         "serve a local stand-in for Stripe's meter APIs (development, tests, demo)",

@@ -261,6 +261,17 @@ class LoggingConfig(_Section):
     repeat_seconds: float = Field(30.0, ge=0, le=3600)
 
 
+class MetersConfig(_Section):
+    """Checks against the account's billing meters: Stripe drops what no meter takes, silently."""
+
+    #: Refuse at start (and dead-letter per event) what no active meter would take as
+    #: mapped; false trusts the mapping and skips every check (and the meters listing).
+    preflight: bool = True
+    #: How old the meters list may get; an unknown event name refreshes it early, at most
+    #: once per this many seconds.
+    refresh_seconds: float = Field(60.0, ge=1, le=86_400)
+
+
 class MeterstreamConfig(BaseSettings):
     """The whole configuration; see README 'Configuration' for every key."""
 
@@ -283,6 +294,7 @@ class MeterstreamConfig(BaseSettings):
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    meters: MetersConfig = Field(default_factory=MetersConfig)
 
     @classmethod
     def settings_customise_sources(

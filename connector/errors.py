@@ -30,6 +30,8 @@ DeadLetterReason = Literal[
     "timestamp_out_of_range",  # outside Stripe's window: 35 days back, 5 minutes ahead
     "record_too_large",  # over records.max_bytes, or an event over Stripe's limits
     "rejected_by_stripe",  # Stripe answered 4xx (not 401/429) for this event alone
+    "no_active_meter",  # no active Stripe meter has this event name: Stripe would drop it
+    "meter_payload_mismatch",  # the meter reads customer or value under other payload keys
 ]
 
 #: Every reason code, in documentation order; DLQ consumers can rely on these strings.
@@ -41,6 +43,8 @@ DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = (
     "timestamp_out_of_range",
     "record_too_large",
     "rejected_by_stripe",
+    "no_active_meter",
+    "meter_payload_mismatch",
 )
 #: Reasons earlier versions wrote and this one never does (kept for DLQ readers):
 #: ``session_expired``, sessions refused after renewal, is now an outage (retried).

@@ -128,6 +128,21 @@ STRIPE_ERROR_REPORTS = Counter(
 BUILD_INFO = Info("meterstream_build", "The running meterstream version.")
 BUILD_INFO.info({"version": __version__})
 
+# -- meters (the account's billing meters, checked before events are sent) --------------
+
+METERS = Gauge(
+    "meterstream_meters",
+    "Billing meters in the Stripe account at the last listing, by status (active, inactive).",
+    ["status"],
+    multiprocess_mode="livemax",
+)
+METER_PREFLIGHT_FAILURES = Counter(
+    "meterstream_meter_preflight_failures",
+    "Events refused before sending because no active meter takes them as mapped, by reason "
+    "(no_active_meter, meter_payload_mismatch).",
+    ["reason"],
+)
+
 
 def forget_partition(topic: str, partition: int) -> None:
     """Drop a partition's lag series once it is handed over (zero it in multiprocess mode,

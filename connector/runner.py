@@ -73,9 +73,20 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: ``check-config --online`` gives up on an unreachable Stripe after this many attempts.
+ONLINE_CHECK_ATTEMPTS = 3
+
+
 def add_check_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``meterstream check-config``."""
     _add_config_argument(parser)
+    parser.add_argument(
+        "--online",
+        action="store_true",
+        help="also list the Stripe account's billing meters (needs STRIPE_API_KEY), print "
+        "them, and check that every event name the mapping sets has an active meter reading "
+        "the payload keys it sends (exit 2 naming each problem, 1 if Stripe is unreachable)",
+    )
 
 
 def check_config_main(args: argparse.Namespace) -> int:
@@ -84,12 +95,41 @@ def check_config_main(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     print(yaml.safe_dump(config.redacted_dict(), sort_keys=False), end="")
+    if args.online:
+        return _check_meters_online(config)
     if config.stripe.api_key is None:
         print(
             "note: stripe.api_key is not set; `meterstream run` needs STRIPE_API_KEY in its "
             "environment",
             file=sys.stderr,
         )
+    return 0
+
+
+def _check_meters_online(config: MeterstreamConfig) -> int:
+    """The meter preflight of ``run``, against Stripe, with the meters it found printed."""
+    import asyncio
+    import logging
+
+    from connector.meters import describe, ensure_mapping_fits, fetch_catalog
+
+    # A few quick attempts, then one line: the per-retry warnings would only repeat it.
+    logging.getLogger("meterstream.stripe").setLevel(logging.ERROR)
+
+    if not config.meters.preflight:
+        print(
+            "note: meters.preflight is false: `meterstream run` skips these checks",
+            file=sys.stderr,
+        )
+        enabled = config.meters.model_copy(update={"preflight": True})
+        config = config.model_copy(update={"meters": enabled})
+    catalog = asyncio.run(fetch_catalog(config, attempts=ONLINE_CHECK_ATTEMPTS))
+    meters = catalog.meters
+    print(f"# {len(meters)} billing meters in the Stripe account at {config.stripe.api_base}")
+    for line in describe(meters):
+        print(f"# {line}")
+    ensure_mapping_fits(catalog, config.mapping)
+    print("# meters: every event name the mapping sets has an active meter with its keys")
     return 0
 
 
