@@ -66,6 +66,10 @@ OnAccepted = Callable[[Batch, str | None], None]
 OnDead = Callable[[PendingRecord, DeadLetterReason, str, str | None, MeterEventBody], None]
 
 
+def _unheard(*_args: object) -> None:
+    raise RuntimeError("Delivery has no listener: call listen() before deliver()")
+
+
 class _RefusedError(Exception):
     """Stripe refused ``batch`` (the events actually sent) as invalid."""
 
@@ -85,8 +89,8 @@ class Delivery:
         config: DeliveryConfig,
         *,
         limiter: RateLimiter,
-        on_accepted: OnAccepted,
-        on_dead: OnDead,
+        on_accepted: OnAccepted | None = None,
+        on_dead: OnDead | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -95,8 +99,8 @@ class Delivery:
         self._sessions = sessions
         self._config = config
         self._limiter = limiter
-        self._on_accepted = on_accepted
-        self._on_dead = on_dead
+        self._on_accepted: OnAccepted = on_accepted or _unheard
+        self._on_dead: OnDead = on_dead or _unheard
         self._sleep = sleep
         self._clock = clock
         self._wall_clock = wall_clock
@@ -114,6 +118,11 @@ class Delivery:
         self.auth_problem: str | None = None
 
     # -- the public entry point ------------------------------------------------------
+
+    def listen(self, *, on_accepted: OnAccepted, on_dead: OnDead) -> None:
+        """Who is told of each outcome (the loop that owns the records)."""
+        self._on_accepted = on_accepted
+        self._on_dead = on_dead
 
     async def deliver(self, batch: Batch) -> None:
         """Deliver a batch to the end: accepted, dead-lettered, or abandoned by cancellation."""

@@ -61,6 +61,10 @@ class _Letter:
         self.next_try = 0.0
 
 
+def _unheard(_record: PendingRecord) -> None:
+    raise RuntimeError("DeadLetterQueue has no listener: call listen() before send()")
+
+
 class DeadLetterQueue:
     """Writes dead letters and calls ``on_written(record)`` once each is confirmed."""
 
@@ -68,18 +72,22 @@ class DeadLetterQueue:
         self,
         config: KafkaConfig,
         *,
-        on_written: Callable[[PendingRecord], None],
+        on_written: Callable[[PendingRecord], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.topic = config.dead_letter_topic
         props = kafka.producer_properties(config, error_cb=self._on_error)
         self._producer = Producer(props)
-        self._on_written = on_written
+        self._on_written: Callable[[PendingRecord], None] = on_written or _unheard
         self._clock = clock
         self._retry: deque[_Letter] = deque()
         self.pending = 0
         #: Why the DLQ is not writable right now (for /readyz), None when it is.
         self.problem: str | None = None
+
+    def listen(self, *, on_written: Callable[[PendingRecord], None]) -> None:
+        """Who is told when a letter is confirmed (the loop that owns the records)."""
+        self._on_written = on_written
 
     def send(
         self,

@@ -147,11 +147,19 @@ METER_PREFLIGHT_FAILURES = Counter(
 def forget_partition(topic: str, partition: int) -> None:
     """Drop a partition's lag series once it is handed over (zero it in multiprocess mode,
     where prometheus-client cannot remove label sets)."""
-    if os.environ.get(MULTIPROCESS_ENV):
-        CONSUMER_LAG.labels(topic, str(partition)).set(0)
-    else:
+    for gauge in (CONSUMER_LAG, CONSUMER_LAG_AGE):
+        if os.environ.get(MULTIPROCESS_ENV):
+            gauge.labels(topic, str(partition)).set(0)
+        else:
+            with contextlib.suppress(KeyError):
+                gauge.remove(topic, str(partition))
+
+
+def forget_retention(topic: str) -> None:
+    """Drop a topic's retention headroom (it has no time retention, or it is unknown)."""
+    if not os.environ.get(MULTIPROCESS_ENV):
         with contextlib.suppress(KeyError):
-            CONSUMER_LAG.remove(topic, str(partition))
+            RETENTION_HEADROOM.remove(topic)
 
 
 def prepare_multiprocess(directory: Path) -> None:

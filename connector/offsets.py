@@ -60,7 +60,15 @@ class PartitionOffsets:
     assignment can never move the new assignment's commit position.
     """
 
-    __slots__ = ("closed", "committed", "last_offset", "partition", "pending", "topic")
+    __slots__ = (
+        "closed",
+        "committed",
+        "last_message",
+        "last_offset",
+        "partition",
+        "pending",
+        "topic",
+    )
 
     def __init__(self, topic: str, partition: int) -> None:
         self.topic = topic
@@ -68,6 +76,8 @@ class PartitionOffsets:
         self.pending: deque[PendingRecord] = deque()
         #: Offset of the last record consumed, None until the first.
         self.last_offset: int | None = None
+        #: The last message consumed (its timestamp dates the lag once nothing is held).
+        self.last_message: Any = None
         #: The last position (next offset to read) handed to Kafka as a commit.
         self.committed: int | None = None
         self.closed = False
@@ -77,6 +87,7 @@ class PartitionOffsets:
         record = PendingRecord(message, self, offset)
         self.pending.append(record)
         self.last_offset = offset
+        self.last_message = message
         return record
 
     def settle(self) -> int:

@@ -1,19 +1,15 @@
-"""The consume loop of one process: poll, decode, map, batch, send, dead-letter, commit.
+"""The consume loop of one process: poll, decode, map, check, batch, send, commit.
 
-Threads and the event loop:
+The loop runs on the event loop thread; ``GroupConsumer.consume`` blocks, so it runs in a
+dedicated poll thread, and librdkafka's callbacks come from inside it (docs/architecture.md,
+"Threads"). Everything the loop owns (the ledger, the batcher, in-flight tasks, held
+records) is touched only on the event loop thread: rebalance callbacks hand their work to
+the loop and wait for it; commit failures arrive through ``call_soon_threadsafe``.
 
-- ``consumer.consume()`` blocks, so it runs in a single dedicated thread while the asyncio
-  loop keeps requests to Stripe moving. librdkafka calls the rebalance callbacks from inside
-  ``consume()``, on that thread; each callback hands its work to the loop with
-  ``run_coroutine_threadsafe`` and waits, so every piece of state below is only ever touched
-  on the loop thread, and a revocation can wait for in-flight requests to finish.
-- Decoding and mapping (the Python-heavy part) run on the loop thread between polls.
-
-Invariants kept here (DESIGN 3): offsets are committed only up to the contiguous resolved
-prefix (``offsets.PartitionOffsets``); consumption pauses when unresolved records reach
-``batching.max_buffered_records``; on revocation and shutdown the affected work is drained
-within ``shutdown.drain_timeout_seconds``, what is resolved is committed, and anything still
-unresolved is left uncommitted for the next owner (who resends it with the same identifiers).
+Each turn of the loop: ingest what was polled (decode, map, meter checks, batch), start due
+requests, serve dead-letter reports, commit the resolved prefix every ``commit.interval_ms``,
+pause or resume fetching on held records, report health. The invariants it keeps are those
+of docs/architecture.md: commit after success, bounded, clean hand-over.
 """
 
 from __future__ import annotations
@@ -24,54 +20,60 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
-import orjson
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
-from connector import kafka, metrics
+from connector import metrics
 from connector.batching import Batch, Batcher
 from connector.config import MeterstreamConfig
+from connector.deadline import Deadline
 from connector.delivery import Delivery
 from connector.dlq import DeadLetterQueue
 from connector.errors import DeadLetterReason, RecordError
 from connector.health import HealthState
+from connector.kafka import GroupConsumer
 from connector.logs import report_repeats
 from connector.mapping import Mapper, MeterEventBody
+from connector.meters import MeterCatalog, preflight
 from connector.offsets import OffsetLedger, PartitionOffsets, PendingRecord
 from connector.ratelimit import RateLimiter
 from connector.records import decode
-from connector.session import SessionProvider
+from connector.session import Session, SessionProvider
 from connector.sink import StripeSink
 
 log = logging.getLogger("meterstream.worker")
 
-_T = TypeVar("_T")
-
 #: Longest a poll blocks: bounds how late shutdown, linger and commits are noticed.
 POLL_TIMEOUT_SECONDS = 0.1
-#: Resume fetching once unresolved records fall to this fraction of the bound.
+#: Resume fetching once held records fall to this fraction of the bound.
 RESUME_FRACTION = 0.5
-#: How often --until-idle asks the broker for fresh high watermarks.
+#: How often --until-idle asks the broker whether the group is committed to the end.
 IDLE_CHECK_EVERY_SECONDS = 0.5
-#: Bound of each broker call of the burst-mode check: a slow answer means "not yet".
-IDLE_CHECK_TIMEOUT_SECONDS = 2.0
 #: At shutdown, how long dead letters still in flight may take to confirm after the drain.
 DLQ_FLUSH_GRACE_SECONDS = 2.0
-Key = tuple[str, int]
+#: How often each topic's retention.ms is read again (for the retention headroom gauge).
+RETENTION_REFRESH_SECONDS = 300.0
+#: Backoff between meter list attempts while Stripe cannot list them.
+METERS_RETRY_INITIAL_SECONDS = 1.0
+METERS_RETRY_MAX_SECONDS = 30.0
 
 
 class Worker:
-    """One Kafka consumer in the group and everything needed to bill what it reads."""
+    """One member of the consumer group and the loop that bills what it reads."""
 
     def __init__(
         self,
         config: MeterstreamConfig,
         *,
         health: HealthState,
-        workers: int = 1,
+        consumer: GroupConsumer,
+        delivery: Delivery,
+        sessions: SessionProvider,
+        dlq: DeadLetterQueue,
+        catalog: MeterCatalog,
         index: int = 0,
         until_idle: float | None = None,
     ) -> None:
@@ -79,137 +81,109 @@ class Worker:
         self.health = health
         self.index = index
         self.until_idle = until_idle
-        self._api_key = config.require_api_key()
+        self.consumer = consumer
+        self._delivery = delivery
+        self._sessions = sessions
+        self._dlq = dlq
+        self._catalog = catalog
+        delivery.listen(on_accepted=self._accepted, on_dead=self._dead_letter)
+        dlq.listen(on_written=self._dead_letter_written)
         self._mapper = Mapper(config.mapping)
         self._max_bytes = config.records.max_bytes
+        self._payload_keys = _payload_keys(config)
         self._batcher = Batcher(config.batching.max_events, config.batching.linger_ms / 1000)
-        self._limiter = RateLimiter(config.rate_limit, workers=workers)
         self._ledger = OffsetLedger(on_resolved=self._wake)
         self._ready: deque[Batch] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Records whose event name has no active meter yet, held until the list is fresh.
+        self._awaiting_meters: list[tuple[PendingRecord, list[MeterEventBody]]] = []
+        self._meters_task: asyncio.Task[bool] | None = None
+        self._meters_retry_at = 0.0
+        self._meters_failures = 0
+        self._retention: dict[str, float | None] = {}
+        self._retention_at = float("-inf")
         self._paused = False
         #: Partitions assigned since the last backpressure check: paused or resumed there.
         self._newly_assigned: list[TopicPartition] = []
         self._stopping = False
+        #: Set when shutdown starts: revocations during it share the same budget.
+        self._shutdown_deadline: Deadline | None = None
         self._last_commit = 0.0
         self._last_activity = time.monotonic()
         self._last_idle_check = 0.0
-        self._offsets_reader: Any = None
-        self._kafka_problem: str | None = None
         self._changed: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.consumer: Any = None
         self.stats: dict[str, int] = {"consumed": 0, "events_sent": 0, "dead_lettered": 0}
-
-    # -- life cycle ----------------------------------------------------------------------
 
     def request_stop(self) -> None:
         """Begin a clean hand-over (SIGTERM/SIGINT): safe to call from a signal handler."""
         self._stopping = True
 
-    def _consumer_properties(self) -> dict[str, Any]:
-        return kafka.consumer_properties(
-            self.config.kafka,
-            error_cb=self._on_kafka_error,
-            on_commit=self._on_commit,
-            stats_cb=self._on_kafka_stats,
-        )
+    # -- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Consume until stopped (or idle in burst mode), then hand over cleanly."""
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
-        sink = StripeSink(
-            self.config.stripe,
-            self._api_key,
-            max_connections=self.config.batching.max_in_flight,
-        )
-
-        async def create_session() -> Any:
-            session = await sink.create_session()
-            metrics.SESSION_RENEWALS.inc()
-            log.info("meter event session %s created", session.id)
-            return session
-
-        self._sessions = SessionProvider(
-            create_session,
-            renew_margin_seconds=self.config.stripe.session_renew_margin_seconds,
-        )
-        self._delivery = Delivery(
-            sink,
-            self._sessions,
-            self.config.delivery,
-            limiter=self._limiter,
-            on_accepted=self._accepted,
-            on_dead=self._dead_letter,
-        )
-        self._dlq = DeadLetterQueue(self.config.kafka, on_written=self._dead_letter_written)
-        self.consumer = Consumer(self._consumer_properties())
         executor = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-poll-{self.index}")
         self.consumer.subscribe(
-            list(self.config.kafka.topics),
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
+            loop,
+            assigned=self._assigned,
+            revoked=self._revoked,
+            commit_failed=self._ledger.commit_failed,
         )
-        log.info(
-            "consuming %s as group %s",
-            ", ".join(self.config.kafka.topics),
-            self.config.kafka.group_id,
-        )
-        max_records = self.config.kafka.poll_max_records
+        kafka = self.config.kafka
+        log.info("consuming %s as group %s", ", ".join(kafka.topics), kafka.group_id)
         try:
             while not self._stopping:
                 # Paused: poll only to serve callbacks and heartbeats, and wait below for
                 # answers instead, so fetching resumes the moment there is room again.
                 timeout = 0.0 if self._paused else self._poll_timeout()
                 messages = await loop.run_in_executor(
-                    executor, self.consumer.consume, max_records, timeout
+                    executor, self.consumer.consume, kafka.poll_max_records, timeout
                 )
                 if messages:
                     self._ingest(messages)
+                self._refresh_meters()
                 self._dispatch()
                 self._dlq.poll()
-                self._maybe_commit()
+                self._maybe_commit(loop)
                 self._apply_backpressure()
                 self._update_health()
                 if self._paused:
                     await self._await_room(self._poll_timeout())
                 if self.until_idle is not None and self._idle_long_enough():
                     self._commit(sync=False)
-                    if not await loop.run_in_executor(executor, self._backlog_done):
+                    if not await loop.run_in_executor(executor, self.consumer.committed_to_end):
                         continue
                     log.info("caught up and idle for %.1f s: stopping", self.until_idle)
                     break
         finally:
-            await self._shutdown(executor)
-            await sink.aclose()
+            await self._shutdown(loop, executor)
 
-    async def _shutdown(self, executor: ThreadPoolExecutor) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + self.config.shutdown.drain_timeout_seconds
-        self._drain_deadline = deadline
+    async def _shutdown(
+        self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor
+    ) -> None:
+        deadline = self._shutdown_deadline = Deadline.after(
+            self.config.shutdown.drain_timeout_seconds
+        )
         await self._drain(list(self._ledger.partitions.values()), deadline)
         # Letters confirmed now are committed now: flushed after the final commit, they
-        # would be dead-lettered again by the next owner.
-        # On this thread: delivery reports run the ledger's callbacks. Letters waiting for a
-        # retry go now; a drain that timed out still gets a short grace for their reports.
-        self._dlq.flush(max(DLQ_FLUSH_GRACE_SECONDS, deadline - time.monotonic()))
+        # would be dead-lettered again by the next owner. On this thread: delivery reports
+        # run the ledger's callbacks. A drain that timed out still gets a short grace.
+        self._dlq.flush(max(DLQ_FLUSH_GRACE_SECONDS, deadline.remaining()))
         final = self._positions()
-        commit_final: Callable[[], bool] = functools.partial(self._commit_offsets, final, sync=True)
         if final:
-            committed = await loop.run_in_executor(executor, commit_final)
-            if committed:
+            commit_final: Callable[[], bool] = functools.partial(self._commit_now, final)
+            if await loop.run_in_executor(executor, commit_final):
                 self._mark_committed(final)
         # close() revokes what is left (committing again, a no-op) and leaves the group.
         await loop.run_in_executor(executor, self.consumer.close)
-        if self._offsets_reader is not None:
-            await loop.run_in_executor(executor, self._offsets_reader.close)
         executor.shutdown(wait=False)
-        for task in list(self._tasks):
+        pending = [*self._tasks, *([self._meters_task] if self._meters_task else [])]
+        for task in pending:
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
         report_repeats(final=True)
         log.info(
             "stopped: %d records consumed, %d events sent, %d dead-lettered",
@@ -218,13 +192,14 @@ class Worker:
             self.stats["dead_lettered"],
         )
 
-    # -- ingest: records to events ---------------------------------------------------------
+    # -- ingest: records to events --------------------------------------------------------
 
     def _ingest(self, messages: list[Any]) -> None:
         ledger = self._ledger
         mapper = self._mapper.map
         batcher_add = self._batcher.add
         max_bytes = self._max_bytes
+        checking = self._catalog.enabled
         consumed: dict[str, int] = {}
         for msg in messages:
             err = msg.error()
@@ -248,11 +223,11 @@ class Worker:
                     kafka_timestamp_ms=msg.timestamp()[1] or None,
                 )
             except RecordError as exc:
-                record.dead_lettered = True
-                self._log_record(logging.INFO, "dead-lettering record: %s", exc, msg, exc.reason)
-                self._dlq.send(record, exc.reason, exc.message)
+                self._refuse(record, exc.reason, exc.message, level=logging.INFO)
                 continue
             record.remaining = len(events)
+            if checking and not self._meters_take(record, events):
+                continue
             batcher_add(events, record)
         if consumed:
             # Not a sign that Kafka is up: these may have been fetched before it went away.
@@ -260,6 +235,15 @@ class Worker:
             for topic, count in consumed.items():
                 metrics.RECORDS_CONSUMED.labels(topic).inc(count)
                 self.stats["consumed"] += count
+
+    def _refuse(
+        self, record: PendingRecord, reason: DeadLetterReason, message: str, *, level: int
+    ) -> None:
+        """Dead-letter a record refused before sending (its one obligation: the letter)."""
+        record.remaining = 1
+        record.dead_lettered = True
+        self._log_record(level, "dead-lettering record: %s: %s", reason, message, record.message)
+        self._dlq.send(record, reason, message)
 
     def _on_message_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
@@ -269,11 +253,57 @@ class Worker:
         log.warning("Kafka consumer: %s", err.str())
 
     @staticmethod
-    def _log_record(level: int, fmt: str, arg: object, msg: Any, reason: str | None = None) -> None:
+    def _log_record(level: int, fmt: str, reason: str, message: str, msg: Any) -> None:
         context = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
-        log.log(level, fmt, arg, extra={**context, "reason": reason})
+        log.log(level, fmt, reason, message, extra={**context, "reason": reason})
 
-    # -- sending -------------------------------------------------------------------------
+    # -- meter checks (docs/architecture.md, "Meters") ------------------------------------
+
+    def _meters_take(self, record: PendingRecord, events: list[MeterEventBody]) -> bool:
+        """Whether ``events`` may be sent; otherwise the record is dead-lettered or held."""
+        check = self._catalog.check
+        keys = self._payload_keys
+        default = keys[None]
+        for event in events:
+            name = event["event_name"]
+            problem = check(name, *keys.get(name, default))
+            if problem is None:
+                continue
+            if self._catalog.wants_refresh:
+                # Unknown to a list that may be stale: hold it until the list is read again.
+                self._awaiting_meters.append((record, events))
+            else:
+                self._refuse(record, problem.reason, problem.message, level=logging.WARNING)
+            return False
+        return True
+
+    def _refresh_meters(self) -> None:
+        """Read the meters again when due; then settle the records held for them."""
+        task = self._meters_task
+        if task is not None and task.done():
+            self._meters_task = None
+            failure = None if task.cancelled() else task.exception()
+            if failure is not None:
+                log.error("listing billing meters failed unexpectedly", exc_info=failure)
+            ok = not task.cancelled() and failure is None and task.result()
+            self._meters_failures = 0 if ok else self._meters_failures + 1
+            delay = min(
+                METERS_RETRY_MAX_SECONDS,
+                METERS_RETRY_INITIAL_SECONDS * 2 ** max(0, self._meters_failures - 1),
+            )
+            self._meters_retry_at = time.monotonic() + (delay if not ok else 0.0)
+            held, self._awaiting_meters = self._awaiting_meters, []
+            for record, events in held:
+                if not record.partition.closed and self._meters_take(record, events):
+                    self._batcher.add(events, record)
+        if (
+            self._meters_task is None
+            and self._catalog.wants_refresh
+            and time.monotonic() >= self._meters_retry_at
+        ):
+            self._meters_task = asyncio.create_task(self._catalog.refresh())
+
+    # -- sending --------------------------------------------------------------------------
 
     def _poll_timeout(self) -> float:
         due = self._batcher.seconds_until_due()
@@ -324,7 +354,7 @@ class Worker:
             record.dead_lettered = True
             record.remaining += 1  # the dead-letter write is now an obligation
             self._log_record(
-                logging.WARNING, "dead-lettering record: %s", message, record.message, reason
+                logging.WARNING, "dead-lettering record: %s: %s", reason, message, record.message
             )
             self._dlq.send(record, reason, message, request_id=request_id, event=event, attempts=1)
         self._ledger.finish(record)  # the event itself is answered
@@ -333,7 +363,7 @@ class Worker:
         self.stats["dead_lettered"] += 1
         self._ledger.finish(record)
 
-    # -- commits -------------------------------------------------------------------------
+    # -- commits --------------------------------------------------------------------------
 
     def _positions(self, states: list[PartitionOffsets] | None = None) -> list[TopicPartition]:
         return [
@@ -341,79 +371,67 @@ class Worker:
             for state, position in self._ledger.positions(states)
         ]
 
-    def _maybe_commit(self) -> None:
+    def _maybe_commit(self, loop: asyncio.AbstractEventLoop) -> None:
         now = time.monotonic()
         if now - self._last_commit < self.config.commit.interval_ms / 1000:
             return
         self._last_commit = now
         self._commit(sync=False)
-        self._update_lag()
+        self._update_lag(loop)
 
-    def _commit(self, *, sync: bool, states: list[PartitionOffsets] | None = None) -> None:
-        """Commit the resolved prefixes. ``sync=True`` only where no rebalance callback can
-        be waiting on this thread: in the poll thread (the executor) or from a callback."""
-        offsets = self._positions(states)
-        if offsets and self._commit_offsets(offsets, sync=sync):
-            self._mark_committed(offsets, states)
+    def _commit(self, *, sync: bool) -> None:
+        """Commit the resolved prefixes (``sync`` only from the poll thread)."""
+        offsets = self._positions()
+        if offsets and self.consumer.commit(offsets, sync=sync):
+            self._mark_committed(offsets)
 
-    def _commit_offsets(self, offsets: list[TopicPartition], *, sync: bool) -> bool:
-        try:
-            self.consumer.commit(offsets=offsets, asynchronous=not sync)
-        except Exception as exc:  # KafkaException: no coordinator, rebalance in progress...
-            metrics.COMMITS.labels("failed").inc()
-            log.warning("commit failed (will retry): %s", exc)
-            return False
-        if sync:
-            metrics.COMMITS.labels("ok").inc()
-        return True
+    def _commit_now(self, offsets: list[TopicPartition]) -> bool:
+        """The final, synchronous commit (poll thread)."""
+        return self.consumer.commit(offsets, sync=True)
 
-    def _mark_committed(
-        self, offsets: list[TopicPartition], states: list[PartitionOffsets] | None = None
-    ) -> None:
-        by_key = {(tp.topic, tp.partition): tp.offset for tp in offsets}
-        for key, position in by_key.items():
-            self._ledger.committed(key, position)
-        if states is not None:
-            for state in states:
-                state.committed = by_key.get((state.topic, state.partition), state.committed)
+    def _mark_committed(self, offsets: list[TopicPartition]) -> None:
+        for tp in offsets:
+            self._ledger.committed((tp.topic, tp.partition), tp.offset)
 
-    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        failed = err is not None or any(tp.error is not None for tp in partitions)
-        metrics.COMMITS.labels("failed" if failed else "ok").inc()
-        if failed:
-            reason = err.str() if err else "partition error"
-            if err is not None and err.code() in kafka.REBALANCE_COMMIT_ERRORS:
-                # Routine while the group rebalances: the partition's next owner starts from
-                # the last accepted commit and Stripe drops the repeats by identifier.
-                log.info("commit refused during a rebalance (%s); retried after it", reason)
-            else:
-                log.warning("commit failed: %s; retried at the next commit interval", reason)
-            # Committing again later is safe: positions only move forward.
-            for tp in partitions:
-                key = (tp.topic, tp.partition)
-                if self._loop is not None:
-                    self._loop.call_soon_threadsafe(self._ledger.commit_failed, key)
-
-    def _update_lag(self) -> None:
+    def _update_lag(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Lag in records and in age per partition, and the retention headroom per topic."""
+        now = time.time()
+        oldest: dict[str, float] = {}
         for state in self._ledger.partitions.values():
-            tp = TopicPartition(state.topic, state.partition)
-            try:
-                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            except Exception:  # noqa: S112 - lag is best effort; the next interval tries again
-                continue
+            topic, partition = state.topic, state.partition
+            high = self.consumer.high_watermark(topic, partition)
             position = state.position()
-            if high is None or high < 0 or position is None:
+            if high is None or position is None:
                 continue
-            metrics.CONSUMER_LAG.labels(state.topic, str(state.partition)).set(
-                max(0, high - position)
-            )
+            behind = max(0, high - position)
+            metrics.CONSUMER_LAG.labels(topic, str(partition)).set(behind)
+            age = _oldest_unbilled_age(state, behind, now)
+            metrics.CONSUMER_LAG_AGE.labels(topic, str(partition)).set(age)
+            oldest[topic] = max(oldest.get(topic, 0.0), age)
+        for topic, age in oldest.items():
+            retention = self._retention.get(topic)
+            if retention is not None:
+                metrics.RETENTION_HEADROOM.labels(topic).set(retention - age)
+        if time.monotonic() - self._retention_at >= RETENTION_REFRESH_SECONDS:
+            self._retention_at = time.monotonic()
+            topics = list(self.config.kafka.topics)
+            future = loop.run_in_executor(None, self.consumer.retention_seconds, topics)
+            future.add_done_callback(self._retention_read)
 
-    # -- backpressure and health ---------------------------------------------------------
+    def _retention_read(self, future: asyncio.Future[dict[str, float | None]]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        self._retention.update(future.result())
+        for topic, retention in self._retention.items():
+            if retention is None:
+                metrics.forget_retention(topic)
+
+    # -- backpressure and health ----------------------------------------------------------
 
     def _apply_backpressure(self) -> None:
         bound = self.config.batching.max_buffered_records
         # Held, not just unresolved: records resolved behind an unresolved one keep their
-        # Kafka message in memory too (an unwritable dead-letter topic holds them all).
+        # Kafka message in memory too (docs/architecture.md, "Bounded").
         held = self._ledger.held
         metrics.BUFFERED_RECORDS.set(held)
         partitions = self._ledger.partitions
@@ -439,52 +457,38 @@ class Worker:
             log.debug("resumed fetching")
 
     async def _await_room(self, seconds: float) -> None:
-        """Wait until enough buffered records are resolved to resume fetching, or ``seconds``."""
-        assert self._changed is not None
+        """Wait until enough held records are released to resume fetching, or ``seconds``."""
         resume_at = self.config.batching.max_buffered_records * RESUME_FRACTION
-        deadline = time.monotonic() + seconds
-        while self._ledger.held > resume_at:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        deadline = Deadline.after(seconds)
+        while self._ledger.held > resume_at and not deadline.passed:
+            if not await self._changed_within(deadline.remaining()):
                 return
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout=remaining)
-            except TimeoutError:
-                return
+
+    async def _changed_within(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a record to be resolved; whether one was."""
+        assert self._changed is not None
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
 
     def _update_health(self) -> None:
         health = self.health
         health.beat()
         report_repeats()
-        health.set_problem(
-            "stripe",
-            self._delivery.problem(not_ready_after=self.config.delivery.not_ready_after_seconds),
+        stripe = self._delivery.problem(
+            not_ready_after=self.config.delivery.not_ready_after_seconds
         )
+        health.set_problem("stripe", stripe or self._catalog.problem)
         health.set_problem("dead_letter", self._dlq.problem)
-        health.set_problem("kafka", self._kafka_problem)
+        health.set_problem("kafka", self.consumer.problem)
         expiry = self._sessions.seconds_until_expiry()
         if expiry is not None:
             metrics.SESSION_EXPIRY.set(expiry)
 
-    def _on_kafka_stats(self, stats: str) -> None:
-        """librdkafka's statistics (poll thread): Kafka is fine while a broker is connected."""
-        try:
-            brokers = orjson.loads(stats).get("brokers") or {}
-        except orjson.JSONDecodeError:
-            return
-        # nodeid -1: a bootstrap address, not a broker of the cluster.
-        if any(b.get("state") == "UP" and b.get("nodeid", -1) >= 0 for b in brokers.values()):
-            self._kafka_problem = None
-        elif brokers and self._kafka_problem is None:
-            self._kafka_problem = "Kafka: no broker connected"
-
-    def _on_kafka_error(self, err: KafkaError) -> None:
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT) or err.fatal():
-            self._kafka_problem = f"Kafka: {err.str()}"
-        log.warning("Kafka: %s", err.str())  # repeats are throttled by connector.logs
-
-    # -- burst mode ----------------------------------------------------------------------
+    # -- burst mode -----------------------------------------------------------------------
 
     def _idle_long_enough(self) -> bool:
         assert self.until_idle is not None
@@ -500,75 +504,7 @@ class Worker:
         self._last_idle_check = now
         return True
 
-    def _backlog_done(self) -> bool:
-        """Whether the group has committed every partition of its topics up to the end.
-
-        Runs in the poll thread (blocking calls with short timeouts). Burst mode means "the
-        backlog is billed", not "my share is": a worker without partitions (more workers
-        than partitions, or a crashed member holding them until its session times out)
-        must not declare the job finished early. Committed offsets are read through a
-        second consumer that never subscribes, on its own connection: the consumer's
-        coordinator connection can be held by a JoinGroup during a rebalance, and this
-        check must never stall polling. Not through AdminClient: its
-        ListConsumerGroupOffsets crashes the process on a NOT_COORDINATOR answer, which is
-        what a group gets right after a broker restart (librdkafka issue #5040).
-        """
-        try:
-            return self._committed_to_end()
-        except KafkaException as exc:
-            log.debug("burst-mode check postponed: %s", exc)
-            return False
-
-    def _committed_to_end(self) -> bool:
-        partitions: list[TopicPartition] = []
-        for topic in self.config.kafka.topics:
-            metadata = self.consumer.list_topics(topic, timeout=IDLE_CHECK_TIMEOUT_SECONDS)
-            described = metadata.topics.get(topic)
-            if described is None or described.error is not None:
-                return False
-            partitions.extend(TopicPartition(topic, p) for p in sorted(described.partitions))
-        if self._offsets_reader is None:
-            self._offsets_reader = Consumer(kafka.offsets_reader_properties(self.config.kafka))
-        answer = self._offsets_reader.committed(partitions, timeout=IDLE_CHECK_TIMEOUT_SECONDS)
-        for tp in answer:
-            low, high = self.consumer.get_watermark_offsets(
-                TopicPartition(tp.topic, tp.partition),
-                timeout=IDLE_CHECK_TIMEOUT_SECONDS,
-                cached=False,
-            )
-            if tp.offset == OFFSET_INVALID or tp.offset < 0:
-                if self.config.kafka.auto_offset_reset == "earliest" and low < high:
-                    return False
-            elif tp.offset < high:
-                return False
-        return True
-
-    # -- rebalances ----------------------------------------------------------------------
-
-    def _in_loop(self, coro: Coroutine[Any, Any, _T]) -> _T | None:
-        """Run ``coro`` on the event loop from the poll thread and wait for it."""
-        assert self._loop is not None
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result()
-        except Exception:
-            # librdkafka would swallow it: say it loudly instead.
-            log.exception("rebalance handling failed")
-            return None
-
-    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        self._in_loop(self._assigned(partitions))
-
-    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        # The loop drains and says what to commit; the commit itself happens here, in the
-        # poll thread inside the callback: a synchronous commit from the loop thread would
-        # wait for a rebalance that waits for this callback.
-        offsets = self._in_loop(self._revoked(partitions, lost=False))
-        if offsets:
-            self._commit_offsets(offsets, sync=True)
-
-    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        self._in_loop(self._revoked(partitions, lost=True))
+    # -- rebalances (run on the loop; GroupConsumer hands them over) ----------------------
 
     async def _assigned(self, partitions: list[TopicPartition]) -> None:
         self._ledger.assign((tp.topic, tp.partition) for tp in partitions)
@@ -580,9 +516,7 @@ class Worker:
         metrics.ASSIGNED_PARTITIONS.set(len(self._ledger))
         log.info("assigned %s", _names(partitions))
 
-    async def _revoked(
-        self, partitions: list[TopicPartition], *, lost: bool
-    ) -> list[TopicPartition]:
+    async def _revoked(self, partitions: list[TopicPartition], lost: bool) -> list[TopicPartition]:
         """Drain (or, when lost, abandon) these partitions; return the offsets to commit."""
         states = [
             state
@@ -591,11 +525,11 @@ class Worker:
         ]
         offsets: list[TopicPartition] = []
         if not lost and states:
-            deadline = getattr(self, "_drain_deadline", None) or (
-                time.monotonic() + self.config.shutdown.drain_timeout_seconds
+            deadline = self._shutdown_deadline or Deadline.after(
+                self.config.shutdown.drain_timeout_seconds
             )
             await self._drain(states, deadline)
-            offsets = self._positions(states)
+            offsets = self._positions(states)  # committed by the callback (poll thread)
         for state in states:
             abandoned = self._ledger.close(state)
             if abandoned:
@@ -613,21 +547,43 @@ class Worker:
         log.info("%s %s", "lost" if lost else "revoked", _names(partitions))
         return offsets
 
-    async def _drain(self, states: list[PartitionOffsets], deadline: float) -> None:
-        """Send what is buffered for these partitions and wait until resolved or deadline."""
-        assert self._changed is not None
+    async def _drain(self, states: list[PartitionOffsets], deadline: Deadline) -> None:
+        """Send what is buffered for these partitions; wait until resolved or ``deadline``."""
         self._dispatch(force=True)
-        while any(state.unresolved for state in states):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._changed.clear()
+        while any(state.unresolved for state in states) and not deadline.passed:
             self._dispatch(force=True)
             self._dlq.poll()
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 0.05))
-            except TimeoutError:
-                continue
+            self._refresh_meters()
+            await self._changed_within(min(deadline.remaining(), 0.05))
+
+
+def _oldest_unbilled_age(state: PartitionOffsets, behind: int, now: float) -> float:
+    """Seconds since the oldest record of the partition not yet billed or dead-lettered.
+
+    The first held record is the oldest unresolved one (the resolved prefix is gone). With
+    none held but records still unread, the last one read is the best lower bound known.
+    """
+    if state.pending:
+        _kind, stamp = state.pending[0].message.timestamp()
+    elif behind and state.last_message is not None:
+        _kind, stamp = state.last_message.timestamp()
+    else:
+        return 0.0
+    return max(0.0, now - stamp / 1000) if stamp and stamp > 0 else 0.0
+
+
+def _payload_keys(config: MeterstreamConfig) -> dict[str | None, tuple[str, str]]:
+    """(customer key, value key) per fan-out event name; ``None``: the mapping's default."""
+    mapping = config.mapping
+    keys: dict[str | None, tuple[str, str]] = {
+        None: (mapping.customer_payload_key, mapping.value_payload_key)
+    }
+    for meter in mapping.fan_out:
+        keys[meter.event_name] = (
+            meter.customer_payload_key or mapping.customer_payload_key,
+            meter.value_payload_key or mapping.value_payload_key,
+        )
+    return keys
 
 
 def _names(partitions: list[TopicPartition]) -> str:
@@ -644,17 +600,52 @@ def run_worker(
     install_signals: bool = True,
     on_ready: Callable[[Worker], None] | None = None,
 ) -> Worker:
-    """Run one worker to completion on a fresh event loop (SIGTERM/SIGINT stop it)."""
-    worker = Worker(config, health=health, workers=workers, index=index, until_idle=until_idle)
+    """Check the meters, assemble a worker and run it on a fresh event loop until stopped."""
+    api_key = config.require_api_key()
+    built: list[Worker] = []
 
     async def main() -> None:
+        health.set_problem("stripe", "listing billing meters (meters.preflight)")
+        catalog = await preflight(config)  # ConfigError: exit 2 before consuming anything
+        health.set_problem("stripe", None)
+        sink = StripeSink(config.stripe, api_key, max_connections=config.batching.max_in_flight)
+
+        async def create_session() -> Session:
+            session = await sink.create_session()
+            metrics.SESSION_RENEWALS.inc()
+            log.info("meter event session %s created", session.id)
+            return session
+
+        sessions = SessionProvider(
+            create_session, renew_margin_seconds=config.stripe.session_renew_margin_seconds
+        )
+        worker = Worker(
+            config,
+            health=health,
+            consumer=GroupConsumer(config.kafka),
+            delivery=Delivery(
+                sink,
+                sessions,
+                config.delivery,
+                limiter=RateLimiter(config.rate_limit, workers=workers),
+            ),
+            sessions=sessions,
+            dlq=DeadLetterQueue(config.kafka),
+            catalog=catalog,
+            index=index,
+            until_idle=until_idle,
+        )
+        built.append(worker)
         if install_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, worker.request_stop)
         if on_ready is not None:
             on_ready(worker)
-        await worker.run()
+        try:
+            await worker.run()
+        finally:
+            await sink.aclose()
 
     asyncio.run(main())
-    return worker
+    return built[0]
