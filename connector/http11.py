@@ -48,6 +48,11 @@ class HTTPConnectionError(HTTPError):
     """The connection could not be made, broke, or the answer was not valid HTTP."""
 
 
+class StaleConnectionError(HTTPConnectionError):
+    """A kept-alive connection turned out closed by the server while idle: nothing came
+    back, and most likely nothing was read. Whether to send again is the caller's call."""
+
+
 class Response(NamedTuple):
     """A complete answer; header names are lower case, repeated headers joined by ', '."""
 
@@ -66,7 +71,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         #: Answers completed on this connection (a reused one may have been closed by
-        #: the server while idle: see Client.post).
+        #: the server while idle: StaleConnectionError).
         self.served = 0
         self._waiter: asyncio.Future[Response] | None = None
         self._received = False
@@ -239,11 +244,20 @@ class Client:
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._closed = False
 
-    async def post(self, target: str, body: bytes, headers: dict[str, str]) -> Response:
+    async def post(
+        self,
+        target: str,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        deadline: float | None = None,
+    ) -> Response:
         """POST ``body`` to ``target`` (a path) and return the answer, whatever its status.
 
-        HTTPTimeoutError or HTTPConnectionError when no complete answer came. A kept-alive
-        connection the server closed while idle is replaced once, transparently.
+        ``deadline`` (the event loop's clock; default: the client's timeout from now) bounds
+        the whole request: waiting for a connection, connecting, sending and reading.
+        HTTPTimeoutError or HTTPConnectionError when no complete answer came;
+        StaleConnectionError when a reused connection had been closed by the server.
         """
         extra = "".join(f"{name}: {_checked(value)}\r\n" for name, value in headers.items())
         head = (
@@ -252,25 +266,22 @@ class Client:
         )
         data = head.encode("latin-1") + body
         loop = asyncio.get_running_loop()
-        # One budget for the whole request: waiting for a connection, connecting, sending,
-        # reading, and the one transparent retry on a connection closed while idle.
-        deadline = loop.time() + self._timeout
-        for attempt in (1, 2):
-            connection = await self._acquire(deadline)
-            reused = connection.served > 0
-            try:
-                response = await connection.request(data, max(0.0, deadline - loop.time()))
-            except HTTPConnectionError:
-                connection.close()
-                if attempt == 1 and reused and connection.received_nothing:
-                    continue  # closed by the server while idle: try a fresh connection
-                raise
-            except BaseException:
-                connection.close()  # cancelled or timed out mid-answer: state unknown
-                raise
-            self._release(connection)
-            return response
-        raise AssertionError("unreachable: the second attempt returns or raises")
+        if deadline is None:
+            deadline = loop.time() + self._timeout
+        connection = await self._acquire(deadline)
+        reused = connection.served > 0
+        try:
+            response = await connection.request(data, max(0.0, deadline - loop.time()))
+        except HTTPConnectionError as exc:
+            connection.close()
+            if reused and connection.received_nothing:
+                raise StaleConnectionError(f"kept-alive connection closed: {exc}") from exc
+            raise
+        except BaseException:
+            connection.close()  # cancelled or timed out mid-answer: state unknown
+            raise
+        self._release(connection)
+        return response
 
     async def _acquire(self, deadline: float) -> _Connection:
         loop = asyncio.get_running_loop()

@@ -1,15 +1,23 @@
-"""The only module that speaks HTTP to Stripe and knows its status codes.
+"""The only module that speaks HTTP to the meter event stream and knows its status codes.
 
-Foreign failures (httpx exceptions, status codes, error bodies) are translated here, once,
-into the ``StripeError`` family of ``connector.errors``; everything above this module
-decides by exception type alone (DESIGN 3.4):
+Two layers, as in httpx: a ``Transport`` moves bytes (the lean HTTP/1.1 client of
+``connector.http11`` on the hot path, or httpx for proxies, injected test transports and
+the rare session request) and maps its own failures once, into ``BackoffError`` (timeout,
+connection); ``translate_response`` then reads Stripe's answer, whoever carried it, into
+the ``StripeError`` family of ``connector.errors``. Everything above this module decides by
+exception type alone (docs/stripe.md):
 
     200                              -> success
     429, 5xx, 408, 409, timeouts,    -> BackoffError (an outage: retry, never dead-letter)
       connection errors
-    401/400 temporary_session_expired -> SessionExpiredError (renew, resend once)
+    401/400 temporary_session_expired -> SessionExpiredError (renew, resend)
     401, 403, 404, 405 otherwise      -> AuthenticationError (configuration: not ready)
     other 4xx                         -> RejectedBatchError (the data: split, dead-letter)
+
+A request the transport never got onto the wire (a kept-alive connection the server had
+closed while idle) is sent again at once, within the same timeout: that replay is the
+sink's decision, safe only because Stripe deduplicates event identifiers (and a session
+request at worst makes one unused session).
 
 Secrets never leave this module in a message: the API key and session tokens are only ever
 placed in the Authorization header.
@@ -23,9 +31,9 @@ import itertools
 import math
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -76,38 +84,38 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, min(seconds, 3600.0))
 
 
-def _error_fields(response: httpx.Response) -> tuple[str | None, str | None, str]:
+def _error_fields(answer: Answer) -> tuple[str | None, str | None, str]:
     """(type, code, message) from a v1 or v2 Stripe error body; tolerant of anything."""
     try:
-        body = orjson.loads(response.content)
+        body = orjson.loads(answer.body)
     except orjson.JSONDecodeError:
         body = None
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
-        text = response.text[:200].strip() if response.content else ""
-        return None, None, text or response.reason_phrase or f"HTTP {response.status_code}"
+        text = answer.body[:200].decode("utf-8", "replace").strip()
+        return None, None, text or answer.reason or f"HTTP {answer.status}"
     kind = error.get("type")
     code = error.get("code")
     message = error.get("message")
     return (
         kind if isinstance(kind, str) else None,
         code if isinstance(code, str) else None,
-        message if isinstance(message, str) else f"HTTP {response.status_code}",
+        message if isinstance(message, str) else f"HTTP {answer.status}",
     )
 
 
-def translate_response(response: httpx.Response, *, session_endpoint: bool) -> StripeError:
-    """The StripeError for a non-200 response."""
-    status = response.status_code
-    request_id = response.headers.get("request-id")
-    kind, code, message = _error_fields(response)
+def translate_response(answer: Answer, *, session_endpoint: bool) -> StripeError:
+    """The StripeError for a non-200 answer."""
+    status = answer.status
+    request_id = answer.headers.get("request-id")
+    kind, code, message = _error_fields(answer)
     where = "creating a meter event session" if session_endpoint else "sending meter events"
     detail = f"HTTP {status} from Stripe {where}: {message}"
     if status == 429 or status >= 500 or status in _RETRYABLE_4XX:
         return BackoffError(
             detail,
             cause="rate_limited" if status == 429 else "server_error",
-            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            retry_after=parse_retry_after(answer.headers.get("retry-after")),
             status=status,
             request_id=request_id,
         )
@@ -147,12 +155,144 @@ def _lean_client_fits(url: str) -> bool:
     return not (proxies.get(parts.scheme) or proxies.get("all"))
 
 
-class StripeSink:
-    """Pooled HTTP/1.1 connections to both Stripe hosts, shared by every request of a process.
+# -- transports ---------------------------------------------------------------------------
 
-    Meter events, the hot path, go through ``connector.http11`` (a lean keep-alive client:
-    a fiftieth of httpx's CPU per request); session requests, a few per hour, and any
-    setup the lean client does not cover (a proxy, an injected transport) use httpx.
+
+class Answer(NamedTuple):
+    """An HTTP answer, whichever transport carried it; header names lower case."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class UnsentError(BackoffError):
+    """The request never reached the server (a kept-alive connection closed while idle)."""
+
+
+class Transport(Protocol):
+    """Carries one POST and maps its own failures to ``BackoffError`` (``UnsentError``
+    when nothing was sent); ``deadline`` is on the event loop's clock."""
+
+    async def post(
+        self, url: str, content: bytes, headers: dict[str, str], *, deadline: float
+    ) -> Answer:
+        """POST ``content`` to ``url`` and return the answer, whatever its status."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close pooled connections."""
+        ...
+
+
+def _timed_out(timeout: float, phase: str) -> BackoffError:
+    return BackoffError(f"timed out after {timeout:g} s calling Stripe ({phase})", cause="timeout")
+
+
+class LeanTransport:
+    """The hot path: ``connector.http11`` to one origin (no proxy, no credentials in URLs)."""
+
+    def __init__(
+        self, origin: str, *, headers: dict[str, str], timeout: float, max_connections: int
+    ) -> None:
+        self._timeout = timeout
+        self._host = urlsplit(origin).hostname
+        self._client = http11.Client(
+            origin,
+            headers={**headers, "Accept": "*/*", "Content-Type": "application/json"},
+            timeout=timeout,
+            max_connections=max_connections,
+            # The same trust as httpx (certifi, or SSL_CERT_FILE / SSL_CERT_DIR).
+            ssl_context=httpx.create_ssl_context() if origin.startswith("https:") else None,
+        )
+
+    async def post(
+        self, url: str, content: bytes, headers: dict[str, str], *, deadline: float
+    ) -> Answer:
+        parts = urlsplit(url)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        try:
+            answer = await self._client.post(target, content, headers, deadline=deadline)
+        except http11.HTTPTimeoutError as exc:
+            raise _timed_out(self._timeout, exc.phase) from exc
+        except http11.StaleConnectionError as exc:
+            raise UnsentError(f"{self._host}: {exc}", cause="connection") from exc
+        except http11.HTTPError as exc:
+            raise BackoffError(
+                f"cannot reach {self._host}: {type(exc).__name__}: {exc}", cause="connection"
+            ) from exc
+        return Answer(answer.status, answer.reason, answer.headers, answer.body)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class HttpxTransport:
+    """httpx, for proxies, injected test transports and session requests.
+
+    Several small pools rather than one big one: httpcore's pool scans every connection and
+    queued request on each state change, so its cost per request grows with the pool (a
+    fifth of the connector's CPU at 32 connections). Requests go round-robin.
+    """
+
+    def __init__(
+        self,
+        *,
+        headers: dict[str, str],
+        timeout: float,
+        max_connections: int,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._timeout = timeout
+        shards = max(1, -(-max_connections // CONNECTIONS_PER_POOL)) if transport is None else 1
+        per_pool = -(-max_connections // shards) + 1
+        self._clients = [
+            httpx.AsyncClient(
+                timeout=httpx.Timeout(timeout),
+                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+                headers=headers,
+                transport=transport,
+            )
+            for _ in range(shards)
+        ]
+        self._next = itertools.cycle(self._clients)
+
+    async def post(
+        self, url: str, content: bytes, headers: dict[str, str], *, deadline: float
+    ) -> Answer:
+        try:
+            # httpx's timeout is per phase (pool, connect, write, read): the deadline bounds
+            # the whole attempt, as stripe.request_timeout_seconds promises.
+            async with asyncio.timeout_at(deadline):
+                response = await next(self._next).post(
+                    url, content=content, headers={"Content-Type": "application/json", **headers}
+                )
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            raise _timed_out(self._timeout, type(exc).__name__) from exc
+        except httpx.TransportError as exc:
+            raise BackoffError(
+                f"cannot reach {httpx.URL(url).host}: {type(exc).__name__}: {exc}",
+                cause="connection",
+            ) from exc
+        return Answer(
+            response.status_code, response.reason_phrase, response.headers, response.content
+        )
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.aclose()
+
+
+# -- the sink -----------------------------------------------------------------------------
+
+
+class StripeSink:
+    """Both Stripe hosts through pooled connections, shared by every request of a process.
+
+    Meter events, the hot path, go through ``LeanTransport`` (a fiftieth of httpx's CPU per
+    request) unless a proxy, credentials in the URL or an injected transport need httpx;
+    session requests, a few per hour, always use httpx.
     """
 
     def __init__(
@@ -167,81 +307,52 @@ class StripeSink:
         self._api_key = api_key
         self._session_url = config.api_base.rstrip("/") + SESSION_PATH
         self._stream_url = config.meter_events_base.rstrip("/") + STREAM_PATH
+        headers = {
+            "Stripe-Version": config.stripe_version,
+            "User-Agent": f"meterstream/{__version__}",
+        }
+        timeout = config.request_timeout_seconds
         lean = transport is None and _lean_client_fits(self._stream_url)
-        # With the lean client carrying meter events, httpx only makes sessions. Otherwise
-        # several small httpx pools rather than one big one: httpcore's pool scans every
-        # connection and queued request on each state change, so its cost per request
-        # grows with the pool (a fifth of the connector's CPU at 32 connections). Requests
-        # go round-robin; each pool keeps its connections alive.
-        httpx_connections = SESSION_CONNECTIONS if lean else max_connections
-        shards = max(1, -(-httpx_connections // CONNECTIONS_PER_POOL)) if transport is None else 1
-        per_pool = -(-httpx_connections // shards) + 1
-        self._clients = [
-            httpx.AsyncClient(
-                timeout=httpx.Timeout(config.request_timeout_seconds),
-                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
-                headers={
-                    "Stripe-Version": config.stripe_version,
-                    "User-Agent": f"meterstream/{__version__}",
-                },
-                transport=transport,
-            )
-            for _ in range(shards)
-        ]
-        self._next = itertools.cycle(self._clients)
-        self._lean: http11.Client | None = None
+        self._sessions: Transport = HttpxTransport(
+            headers=headers,
+            timeout=timeout,
+            max_connections=SESSION_CONNECTIONS if lean else max_connections,
+            transport=transport,
+        )
+        self._stream: Transport = self._sessions
         if lean:
             parts = urlsplit(self._stream_url)
-            self._stream_target = parts.path + (f"?{parts.query}" if parts.query else "")
-            self._lean = http11.Client(
+            self._stream = LeanTransport(
                 f"{parts.scheme}://{parts.netloc}",
-                headers={
-                    "Stripe-Version": config.stripe_version,
-                    "User-Agent": f"meterstream/{__version__}",
-                    "Accept": "*/*",
-                    "Content-Type": "application/json",
-                },
-                timeout=config.request_timeout_seconds,
+                headers=headers,
+                timeout=timeout,
                 max_connections=max_connections,
-                # The same trust as httpx (certifi, or SSL_CERT_FILE / SSL_CERT_DIR).
-                ssl_context=httpx.create_ssl_context() if parts.scheme == "https" else None,
             )
 
-    async def _post(self, url: str, content: bytes, token: str, *, session: bool) -> httpx.Response:
+    @property
+    def lean(self) -> bool:
+        """Whether meter events travel through the lean client."""
+        return isinstance(self._stream, LeanTransport)
+
+    async def _post(self, transport: Transport, url: str, content: bytes, token: str) -> Answer:
+        """One attempt within ``stripe.request_timeout_seconds``, replayed once if unsent."""
+        deadline = asyncio.get_running_loop().time() + self._config.request_timeout_seconds
+        headers = {"Authorization": f"Bearer {token}"}
         try:
-            # httpx's timeout is per phase (pool, connect, write, read): this one bounds the
-            # whole attempt, as stripe.request_timeout_seconds promises.
-            async with asyncio.timeout(self._config.request_timeout_seconds):
-                return await next(self._next).post(
-                    url,
-                    content=content,
-                    headers={
-                        "Authorization": f"Bearer {token}",
-                        "Content-Type": "application/json",
-                    },
-                )
-        except (httpx.TimeoutException, TimeoutError) as exc:
-            raise BackoffError(
-                f"timed out after {self._config.request_timeout_seconds:g} s calling Stripe "
-                f"({type(exc).__name__})",
-                cause="timeout",
-            ) from exc
-        except httpx.TransportError as exc:
-            target = self._session_url if session else self._stream_url
-            raise BackoffError(
-                f"cannot reach {httpx.URL(target).host}: {type(exc).__name__}: {exc}",
-                cause="connection",
-            ) from exc
+            return await transport.post(url, content, headers, deadline=deadline)
+        except UnsentError:
+            # Nothing reached Stripe; and were it otherwise, the identifiers make it safe.
+            return await transport.post(url, content, headers, deadline=deadline)
 
     async def create_session(self) -> Session:
         """A new meter event session (authenticated with the API key)."""
-        response = await self._post(
-            self._session_url, b"{}", self._api_key.get_secret_value(), session=True
+        answer = await self._post(
+            self._sessions, self._session_url, b"{}", self._api_key.get_secret_value()
         )
-        if response.status_code != 200:
-            raise translate_response(response, session_endpoint=True)
+        if answer.status != 200:
+            raise translate_response(answer, session_endpoint=True)
         try:
-            body = orjson.loads(response.content)
+            body = orjson.loads(answer.body)
             return Session(
                 id=str(body["id"]),
                 token=str(body["authentication_token"]),
@@ -252,50 +363,19 @@ class StripeSink:
                 f"unexpected meter event session response from Stripe: {type(exc).__name__}",
                 cause="server_error",
                 status=200,
-                request_id=response.headers.get("request-id"),
+                request_id=answer.headers.get("request-id"),
             ) from exc
 
     async def send_events(self, events: Sequence[MeterEventBody], session: Session) -> str | None:
         """Send one batch (1..100 events); return Stripe's Request-Id on HTTP 200."""
         content = orjson.dumps({"events": events})
-        if self._lean is not None:
-            return await self._send_lean(self._lean, content, session.token)
-        response = await self._post(self._stream_url, content, session.token, session=False)
-        if response.status_code != 200:
-            raise translate_response(response, session_endpoint=False)
-        request_id: str | None = response.headers.get("request-id")
-        return request_id
-
-    async def _send_lean(self, client: http11.Client, content: bytes, token: str) -> str | None:
-        try:
-            answer = await client.post(
-                self._stream_target, content, {"Authorization": f"Bearer {token}"}
-            )
-        except http11.HTTPTimeoutError as exc:
-            raise BackoffError(
-                f"timed out after {self._config.request_timeout_seconds:g} s calling Stripe "
-                f"({exc.phase})",
-                cause="timeout",
-            ) from exc
-        except http11.HTTPError as exc:
-            raise BackoffError(
-                f"cannot reach {urlsplit(self._stream_url).hostname}: {type(exc).__name__}: {exc}",
-                cause="connection",
-            ) from exc
+        answer = await self._post(self._stream, self._stream_url, content, session.token)
         if answer.status != 200:
-            # Errors are rare: the one translation, through the httpx model it expects.
-            response = httpx.Response(
-                answer.status,
-                headers=answer.headers,
-                content=answer.body,
-                extensions={"reason_phrase": answer.reason.encode("latin-1")},
-            )
-            raise translate_response(response, session_endpoint=False)
+            raise translate_response(answer, session_endpoint=False)
         return answer.headers.get("request-id")
 
     async def aclose(self) -> None:
         """Close pooled connections."""
-        for client in self._clients:
-            await client.aclose()
-        if self._lean is not None:
-            await self._lean.aclose()
+        await self._stream.aclose()
+        if self._stream is not self._sessions:
+            await self._sessions.aclose()

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from connector import http11
 from connector.config import StripeConfig
@@ -174,6 +175,10 @@ def test_repeated_headers_are_joined_and_names_lowered() -> None:
 
 
 def test_a_keep_alive_connection_the_server_closed_is_replaced_transparently() -> None:
+    """The client says the reused connection was stale; the sink decides to send again
+    (safe because Stripe deduplicates identifiers), so the caller sees two answers."""
+    from connector.session import Session
+
     async def handler(n: int, _request: bytes, writer: asyncio.StreamWriter) -> bool:
         writer.write(OK)
         await writer.drain()
@@ -181,10 +186,32 @@ def test_a_keep_alive_connection_the_server_closed_is_replaced_transparently() -
 
     async def test() -> None:
         async with _Server(handler) as server:
+            config = StripeConfig(api_base=server.origin, meter_events_base=server.origin)
+            sink = StripeSink(config, SecretStr("sk_test_x"), max_connections=2)
+            session = Session(id="s", token="tok", expires_at=0.0)
+            assert await sink.send_events([], session) == "req_1"
+            await server.closed.wait()  # the server has closed the idle connection
+            assert await sink.send_events([], session) == "req_1"
+            await sink.aclose()
+        assert server.connections == 2
+
+    _run(test)
+
+
+def test_the_client_leaves_resending_on_a_stale_connection_to_its_caller() -> None:
+    async def handler(n: int, _request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(OK)
+        await writer.drain()
+        return n != 1
+
+    async def test() -> None:
+        async with _Server(handler) as server:
             client = _client(server.origin)
             assert (await client.post("/", b"1", {})).status == 200
-            await server.closed.wait()  # the server has closed the idle connection
-            assert (await client.post("/", b"2", {})).status == 200
+            await server.closed.wait()
+            with pytest.raises(http11.StaleConnectionError):
+                await client.post("/", b"2", {})
+            assert (await client.post("/", b"3", {})).status == 200  # a fresh connection
             await client.aclose()
         assert server.connections == 2
 
@@ -355,10 +382,8 @@ def test_the_sink_translates_lean_answers_like_httpx_ones() -> None:
     async def test() -> None:
         async with _Server(handler) as server:
             config = StripeConfig(api_base=server.origin, meter_events_base=server.origin)
-            from pydantic import SecretStr
-
             sink = StripeSink(config, SecretStr("sk_test_x"), max_connections=2)
-            assert sink._lean is not None
+            assert sink.lean
             session = Session(id="s", token="tok", expires_at=0.0)
             assert await sink.send_events([], session) == "req_1"
             with pytest.raises(RejectedBatchError, match="bad!!"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 import orjson
 import pytest
 
@@ -12,12 +11,13 @@ from connector.errors import (
     RejectedBatchError,
     SessionExpiredError,
 )
-from connector.sink import parse_retry_after, translate_response
+from connector.sink import Answer, parse_retry_after, translate_response
 
 
-def _response(status: int, body: object = None, **headers: str) -> httpx.Response:
+def _response(status: int, body: object = None, **headers: str) -> Answer:
     content = orjson.dumps(body) if body is not None else b""
-    return httpx.Response(status, content=content, headers={"request-id": "req_1", **headers})
+    lowered = {name.lower().replace("_", "-"): value for name, value in headers.items()}
+    return Answer(status, "", {"request-id": "req_1", **lowered}, content)
 
 
 def _v2(kind: str, code: str = "x") -> dict[str, object]:
@@ -65,7 +65,7 @@ def test_other_4xx_rejects_the_batch_with_stripe_message_and_code() -> None:
 
 def test_non_json_error_body_is_tolerated() -> None:
     err = translate_response(
-        httpx.Response(400, content=b"<html>bad</html>"), session_endpoint=False
+        Answer(400, "Bad Request", {}, b"<html>bad</html>"), session_endpoint=False
     )
     assert isinstance(err, RejectedBatchError)
 
