@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         generated = samples.generate(args.records, bad_every=0, customers=200)
         produce_all(bootstrap, topic, ((key, value) for key, value, _ in generated))
 
-        with EmulatorProcess([]) as emulator, emulator.client() as control:
+        meters = samples.emulator_meter_args()  # the meter preflight finds them
+        with EmulatorProcess(meters) as emulator, emulator.client() as control:
             config = {
                 "kafka": {
                     "bootstrap_servers": bootstrap,

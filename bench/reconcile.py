@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from meterstream_local.emulator.client import EmulatorProcess
     from meterstream_local.localkafka import cluster, create_topics, produce_all
 
-    with cluster() as bootstrap, EmulatorProcess([]) as emulator:
+    with cluster() as bootstrap, EmulatorProcess(samples.emulator_meter_args()) as emulator:
         topic = f"bench-reconcile-{uuid.uuid4().hex[:8]}"
         create_topics(bootstrap, {topic: args.partitions, f"{topic}.dlq": 1})
         now = time.time()

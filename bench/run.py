@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         ceiling = _ceiling(bootstrap, topic, args.records)
         _say(f"ceiling: {ceiling['events_per_second']:,.0f} records/s")
         for latency in latencies:
-            knobs = ["--latency-ms", str(latency)] if latency else []
+            knobs = samples.emulator_meter_args()  # the meter preflight finds them
+            if latency:
+                knobs += ["--latency-ms", str(latency)]
             with EmulatorProcess(knobs) as emulator:
                 row: dict[str, Any] = {"latency_ms": latency, "ceiling": ceiling}
                 with emulator.client() as control:

@@ -333,6 +333,8 @@ class Soak:
             },
             "delivery": {"backoff_max_seconds": 5.0, "not_ready_after_seconds": 5.0},
             "shutdown": {"drain_timeout_seconds": 10},
+            # The soak's emulator makes meters on first use (its faults are the point).
+            "meters": {"preflight": False},
             "metrics": (
                 {"enabled": True, "host": "127.0.0.1", "port": metrics_port}
                 if metrics_port

@@ -101,7 +101,9 @@ def _run(args: argparse.Namespace, console: Any) -> _Outcome:
     with console.status("starting Kafka (first run fetches the jars) ..."), cluster() as bootstrap:
         console.print(f"[green]Kafka[/] at {bootstrap}")
         create_topics(bootstrap, {topic: args.partitions, dead_letter_topic: 1})
-        emulator_args = ["--latency-ms", str(args.latency_ms)] if args.latency_ms else []
+        emulator_args = samples.emulator_meter_args()
+        if args.latency_ms:
+            emulator_args += ["--latency-ms", str(args.latency_ms)]
         with EmulatorProcess(emulator_args) as emulator:
             console.print(f"[green]Stripe emulator[/] at {emulator.base_url}")
             with console.status(f"producing {args.records:,} usage records to {topic} ..."):

@@ -25,6 +25,12 @@ METERS: tuple[tuple[str, int, int], ...] = (
 REGIONS = ("eu-west-1", "us-east-1", "ap-southeast-2")
 
 
+def emulator_meter_args() -> list[str]:
+    """``meterstream emulator`` flags declaring a sum meter for every sample event name, so
+    the connector's meter preflight finds them before the first event arrives."""
+    return [arg for name, _low, _high in METERS for arg in ("--meter", name)]
+
+
 @dataclass
 class Expected:
     """What a correct run bills and dead-letters for the records produced."""

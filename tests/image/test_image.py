@@ -29,11 +29,12 @@ from tests.image.conftest import FIGURES
 from tests.integration.harness import (
     ConnectorProcess,
     end_offsets,
+    free_port,
     headers_of,
     read_topic,
+    scrape,
     wait_until,
 )
-from tests.integration.test_cli_and_observability import free_port, scrape
 from tests.integration.test_connector import World, world_factory  # noqa: F401 - fixture
 
 #: A fresh machine installs podman, makes the base image and builds every layer inside the

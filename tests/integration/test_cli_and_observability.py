@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import yaml
 
 from tests.integration.harness import (
     ConnectorProcess,
+    free_port,
     run_meterstream,
     scrape,
     wait_until,
@@ -30,12 +30,6 @@ from tests.integration.harness import (
 from tests.integration.test_connector import World, world_factory  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_help_lists_every_subcommand_and_each_has_help() -> None:

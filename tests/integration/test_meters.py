@@ -8,6 +8,7 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,12 @@ pytestmark = pytest.mark.integration
 ENV = {"STRIPE_API_KEY": API_KEY}
 
 
+def checked(world: World, **sections: Any) -> Path:
+    """The world's config with the meter checks on (the harness turns them off)."""
+    sections.setdefault("meters", {"preflight": True})
+    return world.config(**sections)
+
+
 def check_online(config: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     result = run_meterstream("check-config", "--online", "--config", str(config), env=env or ENV)
     return result.returncode, result.stdout, result.stderr
@@ -36,7 +43,12 @@ def test_list_meters_reads_every_page_of_both_statuses(
     created = [create_meter(url, f"meter_{index:03d}")["id"] for index in range(230)]
     for meter_id in created[:7]:
         deactivate_meter(url, meter_id)
-    config = load_config(world.config(), environ=ENV)
+    config = load_config(
+        checked(
+            world,
+        ),
+        environ=ENV,
+    )
     requests_before = world.emulator.stats()["requests"]["by_endpoint"]["meters"]
 
     meters = asyncio.run(list_meters(config.stripe, config.require_api_key()))
@@ -52,7 +64,7 @@ def test_check_config_online_refuses_a_constant_event_name_without_a_meter(
 ) -> None:
     world = world_factory(partitions=1, auto_meters=False)
     create_meter(world.emulator.base_url, "api_requests")
-    config = world.config(mapping={"constant_event_name": "api_calls"})
+    config = checked(world, mapping={"constant_event_name": "api_calls"})
 
     code, stdout, stderr = check_online(config)
 
@@ -73,7 +85,7 @@ def test_check_config_online_names_the_customer_key_the_meter_expects(
     )
     mapping = {"constant_event_name": "api_requests"}
 
-    code, _stdout, stderr = check_online(world.config(mapping=mapping))
+    code, _stdout, stderr = check_online(checked(world, mapping=mapping))
 
     assert code == 2, stderr
     expected = (
@@ -85,10 +97,10 @@ def test_check_config_online_names_the_customer_key_the_meter_expects(
 
     # The same lines from preflight(), what `meterstream run` calls before consuming.
     with pytest.raises(ConfigError) as refused:
-        asyncio.run(preflight(load_config(world.config(mapping=mapping), environ=ENV)))
+        asyncio.run(preflight(load_config(checked(world, mapping=mapping), environ=ENV)))
     assert str(refused.value) == f"invalid configuration: {expected}"
 
-    fixed = world.config(mapping={**mapping, "customer_payload_key": "cust_key"})
+    fixed = checked(world, mapping={**mapping, "customer_payload_key": "cust_key"})
     code, stdout, stderr = check_online(fixed)
     assert code == 0, stderr
     [row] = [s for s in stdout.splitlines() if meter["id"] in s]
@@ -105,7 +117,7 @@ def test_check_config_online_says_reactivate_for_an_inactive_meter(
     deactivate_meter(world.emulator.base_url, meter["id"])
 
     code, _stdout, stderr = check_online(
-        world.config(mapping={"constant_event_name": "api_requests"})
+        checked(world, mapping={"constant_event_name": "api_requests"})
     )
 
     assert code == 2
@@ -120,7 +132,7 @@ def test_check_config_online_gives_up_on_an_unreachable_stripe_with_one_line(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    config = world.config(stripe={"api_base": closed, "meter_events_base": closed})
+    config = checked(world, stripe={"api_base": closed, "meter_events_base": closed})
 
     code, _stdout, stderr = check_online(config)
 
@@ -134,13 +146,22 @@ def test_an_outage_is_retried_and_then_reported_as_unreachable(
     world_factory: Callable[..., World],  # noqa: F811
 ) -> None:
     world = world_factory(partitions=1, outage=True, fault_scope="all")
-    code, _stdout, stderr = check_online(world.config())
+    code, _stdout, stderr = check_online(
+        checked(
+            world,
+        )
+    )
     assert code == 1
     assert "Stripe unreachable: HTTP 503 from Stripe listing billing meters" in stderr
     assert world.emulator.stats()["requests"]["by_endpoint"]["meters"] == 3
 
     # preflight() itself waits the outage out instead of giving up.
-    config = load_config(world.config(), environ=ENV)
+    config = load_config(
+        checked(
+            world,
+        ),
+        environ=ENV,
+    )
     outcome: list[object] = []
     waiter = threading.Thread(target=lambda: outcome.append(asyncio.run(preflight(config))))
     waiter.start()
@@ -159,13 +180,23 @@ def test_a_refused_api_key_is_a_configuration_error(
     world_factory: Callable[..., World],  # noqa: F811
 ) -> None:
     world = world_factory(partitions=1)
-    code, _stdout, stderr = check_online(world.config(), env={"STRIPE_API_KEY": "not_a_key"})
+    code, _stdout, stderr = check_online(
+        checked(
+            world,
+        ),
+        env={"STRIPE_API_KEY": "not_a_key"},
+    )
     assert code == 2
     assert "stripe.api_key: HTTP 401 from Stripe listing billing meters" in stderr
     assert "check STRIPE_API_KEY" in stderr
     assert "not_a_key" not in stderr
 
-    config = load_config(world.config(), environ={"STRIPE_API_KEY": "not_a_key"})
+    config = load_config(
+        checked(
+            world,
+        ),
+        environ={"STRIPE_API_KEY": "not_a_key"},
+    )
     with pytest.raises(AuthenticationError):
         asyncio.run(list_meters(config.stripe, config.require_api_key()))
 
@@ -175,7 +206,7 @@ def test_preflight_false_lists_nothing_and_checks_nothing(
 ) -> None:
     world = world_factory(partitions=1, auto_meters=False)
     config = load_config(
-        world.config(mapping={"constant_event_name": "nowhere"}, meters={"preflight": False}),
+        checked(world, mapping={"constant_event_name": "nowhere"}, meters={"preflight": False}),
         environ=ENV,
     )
     catalog = asyncio.run(preflight(config))
@@ -187,7 +218,12 @@ def test_unreachable_is_a_backoff_error_in_process(
     world_factory: Callable[..., World],  # noqa: F811
 ) -> None:
     world = world_factory(partitions=1, outage=True, fault_scope="all")
-    config = load_config(world.config(), environ=ENV)
+    config = load_config(
+        checked(
+            world,
+        ),
+        environ=ENV,
+    )
     with pytest.raises(BackoffError) as info:
         asyncio.run(list_meters(config.stripe, config.require_api_key()))
     assert info.value.status == 503

@@ -10,7 +10,6 @@ how long billing took to resume after each fault.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -55,13 +54,6 @@ def letter_headers(message: Any) -> dict[str, str]:
         if key.startswith("meterstream."):
             found[key] = (value or b"").decode("utf-8", "replace")
     return found
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for the connector's metrics server)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -101,16 +101,23 @@ def produce_all(
     """Produce ``(key, value)`` records as fast as the producer takes them, then flush.
 
     Returns how many were written; raises ``LocalKafkaError`` if any is still unsent after
-    ``timeout``. The producer is closed before returning (not when the broker has gone).
+    ``timeout`` or was refused. The producer is closed before returning (not when the
+    broker has gone).
     """
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "acks": "all"})
+    refused: list[str] = []
+
+    def report(err: Any, _msg: Any) -> None:
+        if err is not None:
+            refused.append(str(err))
+
     count = 0
     for key, value in records:
         while True:
             try:
-                producer.produce(topic, key=key, value=value)
+                producer.produce(topic, key=key, value=value, on_delivery=report)
                 break
             except BufferError:  # the local queue is full: let deliveries drain it
                 producer.poll(0.05)
@@ -121,6 +128,8 @@ def produce_all(
         raise LocalKafkaError(
             f"{unsent} of {count} records to {topic!r} unsent after {timeout:g} s"
         )
+    if refused:
+        raise LocalKafkaError(f"{len(refused)} records to {topic!r} refused: {refused[:3]}")
     return count
 
 
@@ -128,18 +137,30 @@ def end_offsets(
     bootstrap: str, topic: str, *, timeout: float = ADMIN_TIMEOUT_SECONDS
 ) -> dict[int, int]:
     """Each partition's end offset (high watermark): ``{partition: offset}``."""
-    from confluent_kafka import TopicPartition
+    import time
+
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
     from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]  # untyped re-export
 
     admin = _admin(bootstrap)
     partitions = _partition_ids(admin, bootstrap, topic, timeout)
     latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # unannotated upstream
     request = {TopicPartition(topic, p): latest for p in partitions}
-    futures = admin.list_offsets(request, request_timeout=timeout)
-    try:
-        return {tp.partition: future.result().offset for tp, future in futures.items()}
-    except Exception as exc:
-        raise LocalKafkaError(f"could not read end offsets of {topic!r}: {exc}") from exc
+    # A topic created a moment ago may not have elected its leaders yet (a busy machine):
+    # those answers are retried until the timeout, anything else fails at once.
+    electing = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE}
+    deadline = time.monotonic() + timeout
+    while True:
+        futures = admin.list_offsets(request, request_timeout=timeout)
+        try:
+            return {tp.partition: future.result().offset for tp, future in futures.items()}
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args else None
+            if code not in electing or time.monotonic() >= deadline:
+                raise LocalKafkaError(f"could not read end offsets of {topic!r}: {exc}") from exc
+            time.sleep(0.1)
+        except Exception as exc:
+            raise LocalKafkaError(f"could not read end offsets of {topic!r}: {exc}") from exc
 
 
 def committed_offsets(
