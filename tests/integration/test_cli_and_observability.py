@@ -28,6 +28,7 @@ from tests.integration.harness import (
     write_config,
 )
 from tests.integration.test_connector import World, world_factory  # noqa: F401 - fixture
+from tests.reliability.world import alter_topic_config
 
 pytestmark = pytest.mark.integration
 
@@ -316,3 +317,44 @@ def test_a_down_broker_is_reported_not_flooded(tmp_path: Path) -> None:
     assert any("Connect to" in line for line in problems)
     # One line per distinct problem (a refused connect, all brokers down, ...), not 600.
     assert len(problems) <= 12, "\n".join(problems)
+
+
+#: The topic's retention in the lag test: an hour.
+RETENTION_SECONDS = 3600
+
+
+def test_lag_age_grows_while_stripe_is_down_and_retention_headroom_falls(
+    world_factory: Callable[..., World],  # noqa: F811
+) -> None:
+    world = world_factory(partitions=1, outage=True)
+    alter_topic_config(
+        world.bootstrap, world.topic, {"retention.ms": str(RETENTION_SECONDS * 1000)}
+    )
+    world.produce_samples(50)
+    port = free_port()
+    world.connector(world.config(metrics={"enabled": True, "host": "127.0.0.1", "port": port}))
+    age = f'meterstream_consumer_lag_seconds{{partition="0",topic="{world.topic}"}}'
+    headroom = f'meterstream_retention_headroom_seconds{{topic="{world.topic}"}}'
+
+    def reading() -> dict[str, float] | None:
+        try:
+            series = scrape(port)
+        except httpx.HTTPError:
+            return None
+        return series if age in series and headroom in series else None
+
+    first = wait_until(reading, timeout=60, what="lag age and retention headroom")
+    later = wait_until(
+        lambda: (s := reading()) is not None and s[age] >= first[age] + 2 and s,
+        timeout=60,
+        what="the lag age to grow while Stripe is down",
+    )
+    assert later[headroom] <= RETENTION_SECONDS - later[age] + 1.5  # sampled a moment apart
+    assert later[headroom] < first[headroom]
+    world.emulator.configure(outage=False)
+    caught_up = wait_until(
+        lambda: (s := reading()) is not None and s[age] == 0 and s,
+        timeout=60,
+        what="the lag age to fall to 0 once everything is billed",
+    )
+    assert caught_up[headroom] == RETENTION_SECONDS

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.offsets import PartitionOffsets
+from connector.deadline import Deadline
+from connector.offsets import OffsetLedger, PartitionOffsets
 
 
 def test_position_is_first_unresolved_offset() -> None:
@@ -86,3 +87,68 @@ def test_random_completion_orders_never_commit_past_unresolved(
         assert position == (unresolved[0] if unresolved else offsets[-1] + 1)
         assert position >= last_position  # commits only move forward
         last_position = position
+
+
+def test_the_ledger_holds_records_behind_an_unresolved_one() -> None:
+    """Held, not unresolved, bounds memory: a resolved record behind a stuck one stays."""
+    woken: list[int] = []
+    ledger = OffsetLedger(on_resolved=lambda: woken.append(1))
+    ledger.assign([("usage", 0), ("usage", 1)])
+    first = ledger.partitions[("usage", 0)]
+    stuck = first.track("m0", 0)
+    later = [first.track(f"m{i}", i) for i in range(1, 5)]
+    other = ledger.partitions[("usage", 1)].track("n0", 0)
+    assert ledger.held == 6
+    for record in later:
+        ledger.finish(record)
+    ledger.finish(other)
+    assert ledger.held == 5, "four resolved records wait behind the stuck one"
+    assert ledger.unresolved == 1
+    assert len(woken) == 5
+    ledger.finish(stuck)
+    assert ledger.held == 0
+    assert [(s.partition, pos) for s, pos in ledger.positions()] == [(0, 5), (1, 1)]
+
+
+def test_the_ledger_forgets_a_closed_partition_and_its_late_answers() -> None:
+    woken: list[int] = []
+    ledger = OffsetLedger(on_resolved=lambda: woken.append(1))
+    ledger.assign([("usage", 0)])
+    state = ledger.partitions[("usage", 0)]
+    records = [state.track(None, i) for i in range(3)]
+    ledger.finish(records[0])
+    assert ledger.close(state) == 2, "two records were unresolved when it was handed over"
+    assert len(ledger) == 0
+    assert ledger.get("usage", 0) is None
+    ledger.finish(records[1])  # a late answer for the old assignment
+    assert len(woken) == 1, "late answers do not wake the loop"
+    ledger.assign([("usage", 0)])  # it comes back: a fresh state
+    assert ledger.partitions[("usage", 0)] is not state
+    assert ledger.held == 0
+
+
+def test_commit_positions_advance_and_a_refused_commit_is_sent_again() -> None:
+    ledger = OffsetLedger()
+    ledger.assign([("usage", 2)])
+    state = ledger.partitions[("usage", 2)]
+    ledger.finish(state.track(None, 7))
+    [(_, position)] = ledger.positions()
+    assert position == 8
+    ledger.committed(("usage", 2), position)
+    assert ledger.positions() == []
+    ledger.commit_failed(("usage", 2))
+    assert [pos for _s, pos in ledger.positions()] == [8]
+    ledger.committed(("usage", 9), 1)  # not assigned here: ignored
+    ledger.commit_failed(("usage", 9))
+
+
+def test_a_deadline_counts_down_and_stays_at_zero() -> None:
+    now = [100.0]
+    deadline = Deadline.after(5, clock=lambda: now[0])
+    assert deadline.remaining() == 5
+    assert not deadline.passed
+    now[0] = 104.5
+    assert deadline.remaining() == 0.5
+    now[0] = 200.0
+    assert deadline.remaining() == 0.0
+    assert deadline.passed
