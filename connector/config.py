@@ -78,6 +78,9 @@ class KafkaConfig(_Section):
     #: mounted from Kubernetes Secrets), for both the consumer and the DLQ producer:
     #: e.g. {"sasl.password": "KAFKA_SASL_PASSWORD"}.
     secret_env: dict[str, str] = Field(default_factory=dict)
+    #: Where Stripe's meter error reports are kept (one JSON record each, keyed by the
+    #: Stripe event id); also where polling resumes after a restart. null: not kept.
+    error_reports_topic: str | None = Field(None, min_length=1)
     #: Records taken from librdkafka per poll; bigger amortises Python overhead.
     poll_max_records: int = Field(1000, ge=1, le=100_000)
 
@@ -87,6 +90,11 @@ class KafkaConfig(_Section):
             raise ValueError(
                 "kafka.dead_letter_topic must differ from every topic in kafka.topics "
                 "(dead letters would be consumed and billed)"
+            )
+        if self.error_reports_topic in (*self.topics, self.dead_letter_topic):
+            raise ValueError(
+                "kafka.error_reports_topic must differ from kafka.topics and "
+                "kafka.dead_letter_topic (reports are not usage)"
             )
         return self
 
@@ -133,6 +141,8 @@ class StripeConfig(_Section):
     request_timeout_seconds: float = Field(10.0, gt=0, le=300)
     #: Renew the session this long before ``expires_at``.
     session_renew_margin_seconds: float = Field(60.0, ge=0, lt=STRIPE_SESSION_LIFETIME_SECONDS)
+    #: How often one member of the group reads Stripe's meter error reports (0: never).
+    error_reports_poll_seconds: float = Field(30.0, ge=0, le=86_400)
 
     @model_validator(mode="after")
     def _bases_are_urls(self) -> StripeConfig:

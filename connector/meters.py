@@ -204,6 +204,10 @@ class MeterCatalog:
         """Every meter, active first, then by event name."""
         return sorted(self._by_name.values(), key=lambda m: (not m.active, m.event_name))
 
+    def event_name_of(self, meter_id: str) -> str | None:
+        """The event name of the meter ``meter_id``, if it is in the list."""
+        return next((m.event_name for m in self._by_name.values() if m.id == meter_id), None)
+
     def get(self, event_name: str) -> Meter | None:
         """The meter of ``event_name`` (active or not), or None."""
         return self._by_name.get(event_name)

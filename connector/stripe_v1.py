@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -127,7 +127,7 @@ class StripeV1Client:
     ) -> None:
         await self._http.aclose()
 
-    async def get(self, path: str, params: dict[str, str | int], doing: str) -> dict[str, Any]:
+    async def get(self, path: str, params: Mapping[str, Any], doing: str) -> dict[str, Any]:
         """One GET; the JSON object it answered, or a StripeError saying what failed."""
         try:
             response = await self._http.get(path, params=params)

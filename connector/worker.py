@@ -32,6 +32,7 @@ from connector.config import MeterstreamConfig
 from connector.deadline import Deadline
 from connector.delivery import Delivery
 from connector.dlq import DeadLetterQueue
+from connector.error_reports import ErrorReportPoller
 from connector.errors import DeadLetterReason, RecordError
 from connector.health import HealthState
 from connector.kafka import GroupConsumer
@@ -74,6 +75,7 @@ class Worker:
         sessions: SessionProvider,
         dlq: DeadLetterQueue,
         catalog: MeterCatalog,
+        reports: ErrorReportPoller | None = None,
         index: int = 0,
         until_idle: float | None = None,
     ) -> None:
@@ -86,6 +88,10 @@ class Worker:
         self._sessions = sessions
         self._dlq = dlq
         self._catalog = catalog
+        #: Polls Stripe's error reports while this member owns the first topic's partition 0.
+        self._reports = reports
+        self._reports_task: asyncio.Task[None] | None = None
+        self._election = (config.kafka.topics[0], 0)
         delivery.listen(on_accepted=self._accepted, on_dead=self._dead_letter)
         dlq.listen(on_written=self._dead_letter_written)
         self._mapper = Mapper(config.mapping)
@@ -179,6 +185,7 @@ class Worker:
         # close() revokes what is left (committing again, a no-op) and leaves the group.
         await loop.run_in_executor(executor, self.consumer.close)
         executor.shutdown(wait=False)
+        await self._stop_reports()
         pending = [*self._tasks, *([self._meters_task] if self._meters_task else [])]
         for task in pending:
             task.cancel()
@@ -504,10 +511,19 @@ class Worker:
         self._last_idle_check = now
         return True
 
+    async def _stop_reports(self) -> None:
+        task, self._reports_task = self._reports_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     # -- rebalances (run on the loop; GroupConsumer hands them over) ----------------------
 
     async def _assigned(self, partitions: list[TopicPartition]) -> None:
         self._ledger.assign((tp.topic, tp.partition) for tp in partitions)
+        if self._reports is not None and self._election in _keys(partitions):
+            # This member now owns the election: it alone polls Stripe's error reports.
+            self._reports_task = asyncio.create_task(self._reports.run())
         # Not paused here: pause() from this thread while the poll thread waits in the
         # rebalance callback deadlocks librdkafka. _apply_backpressure does it next turn.
         self._newly_assigned.extend(partitions)
@@ -523,6 +539,8 @@ class Worker:
             for tp in partitions
             if (state := self._ledger.get(tp.topic, tp.partition)) is not None
         ]
+        if self._election in _keys(partitions):
+            await self._stop_reports()
         offsets: list[TopicPartition] = []
         if not lost and states:
             deadline = self._shutdown_deadline or Deadline.after(
@@ -555,6 +573,10 @@ class Worker:
             self._dlq.poll()
             self._refresh_meters()
             await self._changed_within(min(deadline.remaining(), 0.05))
+
+
+def _keys(partitions: list[TopicPartition]) -> set[tuple[str, int]]:
+    return {(tp.topic, tp.partition) for tp in partitions}
 
 
 def _oldest_unbilled_age(state: PartitionOffsets, behind: int, now: float) -> float:
@@ -632,6 +654,11 @@ def run_worker(
             sessions=sessions,
             dlq=DeadLetterQueue(config.kafka),
             catalog=catalog,
+            reports=(
+                ErrorReportPoller(config, api_key, event_names=catalog.event_name_of)
+                if config.stripe.error_reports_poll_seconds > 0
+                else None
+            ),
             index=index,
             until_idle=until_idle,
         )

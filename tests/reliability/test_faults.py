@@ -23,14 +23,13 @@ import pytest
 
 from connector.timestamps import STRIPE_MAX_AGE_SECONDS
 from meterstream_local.localkafka import LocalKafka
-from tests.integration.harness import ConnectorProcess, scrape, wait_until
+from tests.integration.harness import ConnectorProcess, free_port, scrape, wait_until
 from tests.reliability.report import ScenarioRow
 from tests.reliability.world import (
     Outgoing,
     ReliabilityWorld,
     WorldFactory,
     alter_topic_config,
-    free_port,
     letter_headers,
     metrics_section,
     not_ready_because,
