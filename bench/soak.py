@@ -392,6 +392,12 @@ class Soak:
         self.emulator.configure(session_max_requests=None)
         return "sessions expire after 3 requests"
 
+    def _sessions_refused(self) -> str:
+        self.emulator.configure(session_expire_every=5)
+        time.sleep(FAULT_SECONDS)
+        self.emulator.configure(session_expire_every=None)
+        return "every 5th request expires its session, fresh ones included"
+
     def _latency_spike(self) -> str:
         self.emulator.configure(latency_ms=SPIKE_LATENCY_MS)
         time.sleep(FAULT_SECONDS)
@@ -421,6 +427,7 @@ class Soak:
             ("stripe_refused", self._stripe_refused),
             ("latency_spike", self._latency_spike),
             ("dlq_unwritable", self._dlq_unwritable),
+            ("sessions_refused", self._sessions_refused),
         ]
 
     def inject(self, kind: str, fault: Callable[[], str]) -> FaultRecord:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -114,54 +115,93 @@ def _broken(**changes: Any) -> dict[str, Any]:
     return body
 
 
-NOW = time.time()
+def _bad(**changes: Any) -> Callable[[], Any]:
+    """A good event with ``changes``, made when called."""
+    return lambda: _broken(**changes)
+
+
+def _stamped(seconds_from_now: float) -> Callable[[], Any]:
+    """A good event timestamped ``seconds_from_now`` from the moment it is made."""
+    return lambda: _broken(timestamp=rfc3339(time.time() + seconds_from_now))
+
+
+#: Each bad event is made when its test runs (never at import: the suite may run for
+#: minutes, and "6 minutes ahead" must be ahead of the moment it is sent).
 INVALID_EVENTS = [
-    ("not an object", "just a string", "invalid_request"),
-    ("no event_name", _broken(event_name=None), "parameter_missing"),
-    ("empty event_name", _broken(event_name=""), "parameter_missing"),
-    ("event_name not a string", _broken(event_name=7), "parameter_missing"),
-    ("event_name over 100", _broken(event_name="e" * 101), "string_length_exceeds_maximum"),
-    ("no payload", _broken(payload=None), "parameter_missing"),
-    ("payload not an object", _broken(payload=["cus_1", "1"]), "parameter_missing"),
-    ("payload value not a string", _broken(payload__value=5), "invalid_payload"),
-    ("payload extra key not a string", _broken(payload__region=1), "invalid_payload"),
-    ("no customer", _broken(payload__stripe_customer_id=None), "meter_event_no_customer_defined"),
-    ("empty customer", _broken(payload__stripe_customer_id=""), "meter_event_no_customer_defined"),
-    ("no value", _broken(payload__value=None), "meter_event_invalid_value"),
-    ("decimal value", _broken(payload__value="1.5"), "meter_event_invalid_value"),
-    ("word value", _broken(payload__value="ten"), "meter_event_invalid_value"),
-    ("plus sign", _broken(payload__value="+5"), "meter_event_invalid_value"),
-    ("blank value", _broken(payload__value=""), "meter_event_invalid_value"),
-    ("non-ascii digits", _broken(payload__value="\u0661\u0662"), "meter_event_invalid_value"),
-    ("16 digits", _broken(payload__value="1234567890123456"), "meter_event_value_too_many_digits"),
+    ("not an object", lambda: "just a string", "invalid_request"),
+    ("no event_name", _bad(event_name=None), "parameter_missing"),
+    ("empty event_name", _bad(event_name=""), "parameter_missing"),
+    ("event_name not a string", _bad(event_name=7), "parameter_missing"),
     (
-        "-16 digits",
-        _broken(payload__value="-1234567890123456"),
+        "event_name over 100",
+        _bad(event_name="e" * 101),
+        "string_length_exceeds_maximum",
+    ),
+    ("no payload", _bad(payload=None), "parameter_missing"),
+    ("payload not an object", _bad(payload=["cus_1", "1"]), "parameter_missing"),
+    ("payload value not a string", _bad(payload__value=5), "invalid_payload"),
+    ("payload extra key not a string", _bad(payload__region=1), "invalid_payload"),
+    (
+        "no customer",
+        _bad(payload__stripe_customer_id=None),
+        "meter_event_no_customer_defined",
+    ),
+    (
+        "empty customer",
+        _bad(payload__stripe_customer_id=""),
+        "meter_event_no_customer_defined",
+    ),
+    ("no value", _bad(payload__value=None), "meter_event_invalid_value"),
+    ("decimal value", _bad(payload__value="1.5"), "meter_event_invalid_value"),
+    ("word value", _bad(payload__value="ten"), "meter_event_invalid_value"),
+    ("plus sign", _bad(payload__value="+5"), "meter_event_invalid_value"),
+    ("blank value", _bad(payload__value=""), "meter_event_invalid_value"),
+    (
+        "non-ascii digits",
+        _bad(payload__value="\u0661\u0662"),
+        "meter_event_invalid_value",
+    ),
+    (
+        "16 digits",
+        _bad(payload__value="1234567890123456"),
         "meter_event_value_too_many_digits",
     ),
-    ("36 days old", _broken(timestamp=rfc3339(NOW - 36 * DAY)), "timestamp_too_far_in_past"),
-    ("6 minutes ahead", _broken(timestamp=rfc3339(NOW + 360)), "timestamp_in_future"),
-    ("date only", _broken(timestamp="2026-01-01"), "invalid_timestamp"),
-    ("no offset", _broken(timestamp="2026-01-01T12:00:00"), "invalid_timestamp"),
-    ("not a date", _broken(timestamp="yesterday at noon"), "invalid_timestamp"),
-    ("epoch number", _broken(timestamp=int(NOW)), "invalid_timestamp"),
-    ("null timestamp", event() | {"timestamp": None}, "invalid_request"),
-    ("identifier over 100", _broken(identifier="i" * 101), "invalid_identifier"),
-    ("empty identifier", _broken(identifier=""), "invalid_identifier"),
-    ("identifier not a string", _broken(identifier=12), "invalid_identifier"),
-    ("unknown field", _broken(quantity="3"), "parameter_unknown"),
+    (
+        "-16 digits",
+        _bad(payload__value="-1234567890123456"),
+        "meter_event_value_too_many_digits",
+    ),
+    (
+        "36 days old",
+        _stamped(-36 * DAY),
+        "timestamp_too_far_in_past",
+    ),
+    (
+        "6 minutes ahead",
+        _stamped(360),
+        "timestamp_in_future",
+    ),
+    ("date only", _bad(timestamp="2026-01-01"), "invalid_timestamp"),
+    ("no offset", _bad(timestamp="2026-01-01T12:00:00"), "invalid_timestamp"),
+    ("not a date", _bad(timestamp="yesterday at noon"), "invalid_timestamp"),
+    ("epoch number", lambda: _broken(timestamp=int(time.time())), "invalid_timestamp"),
+    ("null timestamp", lambda: event() | {"timestamp": None}, "invalid_request"),
+    ("identifier over 100", _bad(identifier="i" * 101), "invalid_identifier"),
+    ("empty identifier", _bad(identifier=""), "invalid_identifier"),
+    ("identifier not a string", _bad(identifier=12), "invalid_identifier"),
+    ("unknown field", _bad(quantity="3"), "parameter_unknown"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("bad", "code"),
-    [(bad, code) for _, bad, code in INVALID_EVENTS],
+    ("make", "code"),
+    [(make, code) for _, make, code in INVALID_EVENTS],
     ids=[i[0] for i in INVALID_EVENTS],
 )
 def test_one_invalid_event_refuses_the_whole_request(
-    emulator: EmulatorServer, http: httpx.Client, token: str, bad: Any, code: str
+    emulator: EmulatorServer, http: httpx.Client, token: str, make: Any, code: str
 ) -> None:
-    good_before, good_after = event(), event()
+    good_before, bad, good_after = event(), make(), event()
 
     response = send(http, token, [good_before, bad, good_after])
 
