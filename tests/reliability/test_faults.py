@@ -271,10 +271,16 @@ def test_sessions_expiring_every_few_requests(
     world.run_until_idle(world.config(rate_limit={"account_events_per_second": 4000}))
 
     world.assert_exactly_once()
-    sessions = world.emulator.stats()["sessions"]
-    scenario.faults = sessions["expired_responses"]
-    scenario.notes = f"{sessions['created']} sessions, {sessions['expired_responses']} expired"
+    sessions = _session_figures(world, scenario)
     assert sessions["created"] > 20, "sessions really expired and were renewed"
+
+
+def _session_figures(world: ReliabilityWorld, scenario: ScenarioRow) -> dict[str, int]:
+    """The emulator's session counts, into the scenario's row."""
+    sessions: dict[str, int] = world.emulator.stats()["sessions"]
+    scenario.faults = sessions["expired_responses"]
+    scenario.notes = f"{sessions['created']} sessions, {sessions['expired_responses']} refused"
+    return sessions
 
 
 #: How long the dead-letter topic refuses writes: long enough for retries to back off.
@@ -432,9 +438,7 @@ def test_sessions_refused_right_after_renewal(
     )
 
     world.assert_exactly_once()  # includes: no valid record dead-lettered
-    sessions = world.emulator.stats()["sessions"]
-    scenario.faults = sessions["expired_responses"]
-    scenario.notes = f"{sessions['created']} sessions, {sessions['expired_responses']} refused"
+    sessions = _session_figures(world, scenario)
     assert sessions["expired_responses"] > 50, "sessions were really refused, many times"
 
 

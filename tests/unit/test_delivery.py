@@ -101,6 +101,18 @@ class Harness:
             wall_clock=lambda: self.now,
         )
 
+    def problems_while_retrying(self, *, not_ready_after: float) -> list[str | None]:
+        """What ``problem()`` said before each backoff sleep (filled as the run goes)."""
+        problems: list[str | None] = []
+        original = self.delivery._before_sleep
+
+        def spy(state: object) -> None:
+            original(state)  # type: ignore[arg-type]
+            problems.append(self.delivery.problem(not_ready_after=not_ready_after))
+
+        self.delivery._before_sleep = spy  # type: ignore[method-assign]
+        return problems
+
     def run(self, batch: Batch) -> None:
         asyncio.run(self.delivery.deliver(batch))
 
@@ -151,14 +163,7 @@ def test_refused_api_key_is_not_data_and_sets_a_problem() -> None:
         return None
 
     h = Harness(answer)
-    problems: list[str | None] = []
-    original = h.delivery._before_sleep
-
-    def spy(state: object) -> None:
-        original(state)  # type: ignore[arg-type]
-        problems.append(h.delivery.problem(not_ready_after=3600))
-
-    h.delivery._before_sleep = spy  # type: ignore[method-assign]
+    problems = h.problems_while_retrying(not_ready_after=3600)
     h.run(_batch(3))
     assert h.dead == []
     assert problems
@@ -192,14 +197,7 @@ def test_sessions_refused_even_when_fresh_are_an_outage_never_dead_letters() -> 
         return None
 
     h = Harness(answer)
-    problems: list[str | None] = []
-    original = h.delivery._before_sleep
-
-    def spy(state: object) -> None:
-        original(state)  # type: ignore[arg-type]
-        problems.append(h.delivery.problem(not_ready_after=0.0))
-
-    h.delivery._before_sleep = spy  # type: ignore[method-assign]
+    problems = h.problems_while_retrying(not_ready_after=0.0)
     h.run(_batch(4))
     assert h.dead == []
     assert sorted(h.accepted) == [f"id-{i}" for i in range(4)]
