@@ -36,8 +36,10 @@ from connector.error_reports import ErrorReportPoller
 from connector.errors import DeadLetterReason, RecordError
 from connector.health import HealthState
 from connector.kafka import GroupConsumer
+from connector.lag import LagGauges
 from connector.logs import report_repeats
 from connector.mapping import Mapper, MeterEventBody
+from connector.meter_gate import MeterGate
 from connector.meters import MeterCatalog, preflight
 from connector.offsets import OffsetLedger, PartitionOffsets, PendingRecord
 from connector.ratelimit import RateLimiter
@@ -55,11 +57,6 @@ RESUME_FRACTION = 0.5
 IDLE_CHECK_EVERY_SECONDS = 0.5
 #: At shutdown, how long dead letters still in flight may take to confirm after the drain.
 DLQ_FLUSH_GRACE_SECONDS = 2.0
-#: How often each topic's retention.ms is read again (for the retention headroom gauge).
-RETENTION_REFRESH_SECONDS = 300.0
-#: Backoff between meter list attempts while Stripe cannot list them.
-METERS_RETRY_INITIAL_SECONDS = 1.0
-METERS_RETRY_MAX_SECONDS = 30.0
 
 
 class Worker:
@@ -87,7 +84,7 @@ class Worker:
         self._delivery = delivery
         self._sessions = sessions
         self._dlq = dlq
-        self._catalog = catalog
+        self._meters = MeterGate(catalog, config.mapping, refuse=self._refuse_checked)
         #: Polls Stripe's error reports while this member owns the first topic's partition 0.
         self._reports = reports
         self._reports_task: asyncio.Task[None] | None = None
@@ -96,18 +93,11 @@ class Worker:
         dlq.listen(on_written=self._dead_letter_written)
         self._mapper = Mapper(config.mapping)
         self._max_bytes = config.records.max_bytes
-        self._payload_keys = _payload_keys(config)
         self._batcher = Batcher(config.batching.max_events, config.batching.linger_ms / 1000)
         self._ledger = OffsetLedger(on_resolved=self._wake)
         self._ready: deque[Batch] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Records whose event name has no active meter yet, held until the list is fresh.
-        self._awaiting_meters: list[tuple[PendingRecord, list[MeterEventBody]]] = []
-        self._meters_task: asyncio.Task[bool] | None = None
-        self._meters_retry_at = 0.0
-        self._meters_failures = 0
-        self._retention: dict[str, float | None] = {}
-        self._retention_at = float("-inf")
+        self._lag = LagGauges(consumer, config.kafka.topics)
         self._paused = False
         #: Partitions assigned since the last backpressure check: paused or resumed there.
         self._newly_assigned: list[TopicPartition] = []
@@ -186,11 +176,11 @@ class Worker:
         await loop.run_in_executor(executor, self.consumer.close)
         executor.shutdown(wait=False)
         await self._stop_reports()
-        pending = [*self._tasks, *([self._meters_task] if self._meters_task else [])]
-        for task in pending:
+        await self._meters.close()
+        for task in self._tasks:
             task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         report_repeats(final=True)
         log.info(
             "stopped: %d records consumed, %d events sent, %d dead-lettered",
@@ -206,7 +196,8 @@ class Worker:
         mapper = self._mapper.map
         batcher_add = self._batcher.add
         max_bytes = self._max_bytes
-        checking = self._catalog.enabled
+        checking = self._meters.enabled
+        meters_take = self._meters.take
         consumed: dict[str, int] = {}
         for msg in messages:
             err = msg.error()
@@ -233,7 +224,7 @@ class Worker:
                 self._refuse(record, exc.reason, exc.message, level=logging.INFO)
                 continue
             record.remaining = len(events)
-            if checking and not self._meters_take(record, events):
+            if checking and not meters_take(record, events):
                 continue
             batcher_add(events, record)
         if consumed:
@@ -264,51 +255,17 @@ class Worker:
         context = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
         log.log(level, fmt, reason, message, extra={**context, "reason": reason})
 
-    # -- meter checks (docs/architecture.md, "Meters") ------------------------------------
+    # -- meter checks (docs/architecture.md, "Meters") -----------------------------------
 
-    def _meters_take(self, record: PendingRecord, events: list[MeterEventBody]) -> bool:
-        """Whether ``events`` may be sent; otherwise the record is dead-lettered or held."""
-        check = self._catalog.check
-        keys = self._payload_keys
-        default = keys[None]
-        for event in events:
-            name = event["event_name"]
-            problem = check(name, *keys.get(name, default))
-            if problem is None:
-                continue
-            if self._catalog.wants_refresh:
-                # Unknown to a list that may be stale: hold it until the list is read again.
-                self._awaiting_meters.append((record, events))
-            else:
-                self._refuse(record, problem.reason, problem.message, level=logging.WARNING)
-            return False
-        return True
+    def _refuse_checked(
+        self, record: PendingRecord, reason: DeadLetterReason, message: str
+    ) -> None:
+        self._refuse(record, reason, message, level=logging.WARNING)
 
     def _refresh_meters(self) -> None:
-        """Read the meters again when due; then settle the records held for them."""
-        task = self._meters_task
-        if task is not None and task.done():
-            self._meters_task = None
-            failure = None if task.cancelled() else task.exception()
-            if failure is not None:
-                log.error("listing billing meters failed unexpectedly", exc_info=failure)
-            ok = not task.cancelled() and failure is None and task.result()
-            self._meters_failures = 0 if ok else self._meters_failures + 1
-            delay = min(
-                METERS_RETRY_MAX_SECONDS,
-                METERS_RETRY_INITIAL_SECONDS * 2 ** max(0, self._meters_failures - 1),
-            )
-            self._meters_retry_at = time.monotonic() + (delay if not ok else 0.0)
-            held, self._awaiting_meters = self._awaiting_meters, []
-            for record, events in held:
-                if not record.partition.closed and self._meters_take(record, events):
-                    self._batcher.add(events, record)
-        if (
-            self._meters_task is None
-            and self._catalog.wants_refresh
-            and time.monotonic() >= self._meters_retry_at
-        ):
-            self._meters_task = asyncio.create_task(self._catalog.refresh())
+        """Let the meter gate read the list when due; batch what it releases."""
+        for record, events in self._meters.turn():
+            self._batcher.add(events, record)
 
     # -- sending --------------------------------------------------------------------------
 
@@ -384,7 +341,7 @@ class Worker:
             return
         self._last_commit = now
         self._commit(sync=False)
-        self._update_lag(loop)
+        self._lag.update(self._ledger.partitions.values(), loop)
 
     def _commit(self, *, sync: bool) -> None:
         """Commit the resolved prefixes (``sync`` only from the poll thread)."""
@@ -399,39 +356,6 @@ class Worker:
     def _mark_committed(self, offsets: list[TopicPartition]) -> None:
         for tp in offsets:
             self._ledger.committed((tp.topic, tp.partition), tp.offset)
-
-    def _update_lag(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Lag in records and in age per partition, and the retention headroom per topic."""
-        now = time.time()
-        oldest: dict[str, float] = {}
-        for state in self._ledger.partitions.values():
-            topic, partition = state.topic, state.partition
-            high = self.consumer.high_watermark(topic, partition)
-            position = state.position()
-            if high is None or position is None:
-                continue
-            behind = max(0, high - position)
-            metrics.CONSUMER_LAG.labels(topic, str(partition)).set(behind)
-            age = _oldest_unbilled_age(state, behind, now)
-            metrics.CONSUMER_LAG_AGE.labels(topic, str(partition)).set(age)
-            oldest[topic] = max(oldest.get(topic, 0.0), age)
-        for topic, age in oldest.items():
-            retention = self._retention.get(topic)
-            if retention is not None:
-                metrics.RETENTION_HEADROOM.labels(topic).set(retention - age)
-        if time.monotonic() - self._retention_at >= RETENTION_REFRESH_SECONDS:
-            self._retention_at = time.monotonic()
-            topics = list(self.config.kafka.topics)
-            future = loop.run_in_executor(None, self.consumer.retention_seconds, topics)
-            future.add_done_callback(self._retention_read)
-
-    def _retention_read(self, future: asyncio.Future[dict[str, float | None]]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            return
-        self._retention.update(future.result())
-        for topic, retention in self._retention.items():
-            if retention is None:
-                metrics.forget_retention(topic)
 
     # -- backpressure and health ----------------------------------------------------------
 
@@ -488,7 +412,7 @@ class Worker:
         stripe = self._delivery.problem(
             not_ready_after=self.config.delivery.not_ready_after_seconds
         )
-        health.set_problem("stripe", stripe or self._catalog.problem)
+        health.set_problem("stripe", stripe or self._meters.catalog.problem)
         health.set_problem("dead_letter", self._dlq.problem)
         health.set_problem("kafka", self.consumer.problem)
         expiry = self._sessions.seconds_until_expiry()
@@ -577,35 +501,6 @@ class Worker:
 
 def _keys(partitions: list[TopicPartition]) -> set[tuple[str, int]]:
     return {(tp.topic, tp.partition) for tp in partitions}
-
-
-def _oldest_unbilled_age(state: PartitionOffsets, behind: int, now: float) -> float:
-    """Seconds since the oldest record of the partition not yet billed or dead-lettered.
-
-    The first held record is the oldest unresolved one (the resolved prefix is gone). With
-    none held but records still unread, the last one read is the best lower bound known.
-    """
-    if state.pending:
-        _kind, stamp = state.pending[0].message.timestamp()
-    elif behind and state.last_message is not None:
-        _kind, stamp = state.last_message.timestamp()
-    else:
-        return 0.0
-    return max(0.0, now - stamp / 1000) if stamp and stamp > 0 else 0.0
-
-
-def _payload_keys(config: MeterstreamConfig) -> dict[str | None, tuple[str, str]]:
-    """(customer key, value key) per fan-out event name; ``None``: the mapping's default."""
-    mapping = config.mapping
-    keys: dict[str | None, tuple[str, str]] = {
-        None: (mapping.customer_payload_key, mapping.value_payload_key)
-    }
-    for meter in mapping.fan_out:
-        keys[meter.event_name] = (
-            meter.customer_payload_key or mapping.customer_payload_key,
-            meter.value_payload_key or mapping.value_payload_key,
-        )
-    return keys
 
 
 def _names(partitions: list[TopicPartition]) -> str:
