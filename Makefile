@@ -16,7 +16,7 @@ demo:
 
 ## The whole test suite: lint, types, Dockerfile lint, unit, integration and chart tests.
 test: bootstrap lint
-	$(VENV)/python -m pytest
+	$(VENV)/python -m pytest --durations=15
 
 lint:
 	$(VENV)/ruff check .
