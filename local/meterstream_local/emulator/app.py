@@ -39,6 +39,7 @@ SESSION_PATH = "/v2/billing/meter_event_session"
 STREAM_PATH = "/v2/billing/meter_event_stream"
 ADJUSTMENTS_PATH = "/v2/billing/meter_event_adjustments"
 METERS_PATH = "/v1/billing/meters"
+CORE_EVENTS_PATH = "/v2/core/events"
 CONTROL_PREFIX = "/_emulator/"
 #: API key prefixes Stripe issues (secret and restricted keys); anything else gets 401.
 API_KEY_PREFIXES = ("sk_test_", "sk_live_", "rk_test_", "rk_live_", "rk_")
@@ -204,6 +205,8 @@ class EmulatorApp:
             return "meter_event_adjustments"
         if path.startswith(METERS_PATH):
             return "event_summaries" if path.endswith("/event_summaries") else "meters"
+        if path == CORE_EVENTS_PATH or path.startswith(CORE_EVENTS_PATH + "/"):
+            return "core_events"
         return "unknown"
 
     # -- Stripe endpoints -------------------------------------------------------------------
@@ -228,6 +231,8 @@ class EmulatorApp:
             return self._adjustment(scope, body, now)
         if endpoint in ("meters", "event_summaries"):
             return self._v1_meters(scope, method, path, body, now)
+        if endpoint == "core_events" and method == "GET":
+            return self._core_events(scope, path)
         if v2:
             status, payload = v2_error(
                 404,
@@ -298,7 +303,15 @@ class EmulatorApp:
                 400, "invalid_request_error", exc.code, exc.message, exc.param
             )
             return status, payload, None
+        unknown = knobs.drop_customers
+        dropped = [event for event in checked if event[1] in unknown] if unknown else []
+        if dropped:
+            checked = [event for event in checked if event[1] not in unknown]
         self.state.accept(checked, now)
+        if dropped:  # validated after the 200, as Stripe does: reported, never billed
+            self.state.drop(
+                dropped, "meter_event_customer_not_found", "No customer with id {customer}", now
+            )
         return 200, _EMPTY_OBJECT, None
 
     def _session(self, scope: Scope, now: float) -> Response:
@@ -378,6 +391,46 @@ class EmulatorApp:
             "type": "cancel",
         }
         return 200, orjson.dumps(adjustment), None
+
+    # -- v2 core events (error reports) -----------------------------------------------------
+
+    def _core_events(self, scope: Scope, path: str) -> Response:
+        if not _valid_key(_api_key(scope)):
+            status, payload = v2_error(
+                401, "invalid_request_error", "invalid_api_key", "Invalid API key provided."
+            )
+            return status, payload, None
+        events = self.state.core_events
+        if path != CORE_EVENTS_PATH:
+            wanted = path.rsplit("/", 1)[1]
+            found = next((event for event in events if event["id"] == wanted), None)
+            if found is None:
+                status, payload = v2_error(
+                    404, "invalid_request_error", "resource_missing", f"No such event: {wanted}"
+                )
+                return status, payload, None
+            return 200, orjson.dumps(found), None
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+        types = {value for key, value in query if key == "types"}
+        params = dict(query)
+        selected = [
+            event
+            for event in events
+            if (not types or event["type"] in types) and _created_in(event["created"], params)
+        ]
+        try:
+            start = int(params.get("page", "0"))
+            limit = max(1, min(int(params.get("limit", "20")), 100))
+        except ValueError:
+            status, payload = v2_error(400, "invalid_request_error", "invalid_page", "bad page")
+            return status, payload, None
+        page = selected[start : start + limit]
+        following = None
+        if start + limit < len(selected):
+            rest = [(k, v) for k, v in query if k != "page"] + [("page", str(start + limit))]
+            following = CORE_EVENTS_PATH + "?" + "&".join(f"{k}={v}" for k, v in rest)
+        body = {"data": page, "next_page_url": following, "previous_page_url": None}
+        return 200, orjson.dumps(body), None
 
     # -- v1 meters --------------------------------------------------------------------------
 
@@ -597,6 +650,33 @@ class _ParamError(Exception):
         self.message = message
         self.param = param
         self.code = code
+
+
+def _created_in(created: str, params: dict[str, str]) -> bool:
+    """Whether ``created`` passes the ``created[gt|gte|lt|lte]`` filters (ISO 8601)."""
+    bounds = [(key, params.get(f"created[{key}]")) for key in ("gt", "gte", "lt", "lte")]
+    at = _iso(created)
+    for key, bound in bounds:
+        if bound is None:
+            continue
+        limit = _iso(bound)
+        if (
+            (key == "gt" and not at > limit)
+            or (key == "gte" and not at >= limit)
+            or (key == "lt" and not at < limit)
+            or (key == "lte" and not at <= limit)
+        ):
+            return False
+    return True
+
+
+def _iso(text: str) -> float:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _control_error(message: str) -> Response:

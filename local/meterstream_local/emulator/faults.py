@@ -112,6 +112,10 @@ class Knobs:
     session_expire_every: int | None = None
     #: Create a ``sum`` meter with Stripe's default keys for an unknown event name.
     auto_meters: bool = True
+    #: Customers that do not exist: their events are accepted with 200, then dropped and
+    #: reported as ``meter_event_customer_not_found`` on ``GET /v2/core/events``, as Stripe
+    #: validates asynchronously.
+    drop_customers: tuple[str, ...] = ()
     #: Which endpoints faults apply to (see ``FAULT_SCOPES``).
     fault_scope: FaultScope = "meter_events"
     #: Shifts the emulator's clock (sessions, timestamp window, dedupe): no sleeping in tests.
@@ -166,6 +170,7 @@ class Knobs:
         """The knobs as plain JSON values (the schedule as rule strings)."""
         data = dataclasses.asdict(self)
         data["failures"] = [str(rule) for rule in self.failures]
+        data["drop_customers"] = list(self.drop_customers)
         return data
 
 
@@ -187,6 +192,12 @@ _BOOL_KNOBS = {"outage", "auto_meters"}
 def _coerce(name: str, value: Any, current: Any) -> Any:
     if name == "failures":
         return parse_schedule(value)
+    if name == "drop_customers":
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise KnobError("drop_customers: expected a list of customer ids")
+        return tuple(v.strip() for v in value)
     if value is None:
         if name in {
             "requests_per_second",

@@ -140,6 +140,10 @@ class EmulatorState:
         self.stream_requests_seen = 0
         self.requests_by_status: dict[int, int] = {}
         self.requests_by_endpoint: dict[str, int] = {}
+        #: Thin events of ``GET /v2/core/events`` (error reports), oldest first.
+        self.core_events: list[dict[str, Any]] = []
+        #: Events accepted with 200 and then dropped by validation, per error code.
+        self.events_dropped: dict[str, int] = {}
 
     def reset(self, now: float) -> None:
         """Forget everything accepted; keep the declared meters (new creation time)."""
@@ -304,6 +308,61 @@ class EmulatorState:
             self.duplicates += duplicates
         return accepted, duplicates
 
+    def drop(self, events: list[CheckedEvent], code: str, message: str, now: float) -> None:
+        """Events accepted with 200 that validation then drops: left out of every total,
+        reported as one ``v1.billing.meter.error_report_triggered`` per meter."""
+        by_meter: dict[str, list[CheckedEvent]] = {}
+        for event in events:
+            by_meter.setdefault(event[0], []).append(event)
+        with self._lock:
+            self.events_dropped[code] = self.events_dropped.get(code, 0) + len(events)
+            for name, dropped in by_meter.items():
+                meter = self.meters.get(name)
+                samples = [
+                    {
+                        "error_message": message.format(customer=customer),
+                        "request": {"identifier": identifier},
+                    }
+                    for _name, customer, _value, _stamp, identifier in dropped[:3]
+                ]
+                meter_id = meter.id if meter is not None else None
+                stamp = rfc3339(now)
+                self.core_events.append(
+                    {
+                        "id": f"evt_{secrets.token_hex(12)}",
+                        "object": "v2.core.event",
+                        "type": "v1.billing.meter.error_report_triggered",
+                        "created": stamp,
+                        "livemode": False,
+                        "context": None,
+                        "reason": None,
+                        "related_object": (
+                            {
+                                "id": meter_id,
+                                "type": "billing.meter",
+                                "url": f"/v1/billing/meters/{meter_id}",
+                            }
+                            if meter_id
+                            else None
+                        ),
+                        "data": {
+                            "developer_message_summary": f"{len(dropped)} events dropped",
+                            "validation_start": stamp,
+                            "validation_end": stamp,
+                            "reason": {
+                                "error_count": len(dropped),
+                                "error_types": [
+                                    {
+                                        "code": code,
+                                        "error_count": len(dropped),
+                                        "sample_errors": samples,
+                                    }
+                                ],
+                            },
+                        },
+                    }
+                )
+
     def _prune(self, now: float) -> None:
         """Drop identifiers accepted more than 24 hours ago (called with the lock held)."""
         batches = self._batches
@@ -455,6 +514,7 @@ class EmulatorState:
                 "canceled": self.events_canceled,
                 "rejected": sum(rejected_events.values()),
                 "rejected_by_code": dict(sorted(rejected_events.items())),
+                "dropped_by_code": dict(sorted(self.events_dropped.items())),
                 "rejected_requests_by_code": dict(sorted(rejected_requests.items())),
                 "identifiers_tracked": tracked,
                 # From the first accepted event to the last: a rate without start-up time.
