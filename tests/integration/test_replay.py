@@ -441,3 +441,36 @@ def test_a_bad_invocation_names_the_flag(tmp_path: Path) -> None:
         [line] = result.stderr.strip().splitlines()
         assert flag in line, line
         assert hint in line, line
+
+
+def test_stripe_down_longer_than_the_timeout_exits_1_having_committed_what_resolved(
+    world_factory: Callable[..., World],  # noqa: F811
+) -> None:
+    world = world_factory(partitions=1, auto_meters=False, outage=True)
+    create_meter(world.emulator.base_url, "api_requests")
+    written_ms = int(time.time() * 1000) - 60_000
+    letters = [synthetic_letter(i, "invalid_json", written_ms, world.topic) for i in range(3)]
+    letters += [synthetic_letter(i, "mapping_error", written_ms, world.topic) for i in range(3, 6)]
+    produce_at(world.bootstrap, world.dead_letter_topic, letters)
+
+    down = replay(world.config(), "--timeout", "3")
+
+    assert down.returncode == 1, down.stdout + down.stderr
+    last = down.stdout.splitlines()[-1]
+    assert last.startswith("replay did not finish: nothing moved for 3 s (--timeout): Stripe:")
+    assert "503" in last
+    assert table(down.stdout)["mapping_error"] == ["3", "0", "0", "0", "3"]
+    assert world.events()["accepted"] == 0
+    # The skipped prefix resolved and is committed; the unsent letters are not.
+    group = replay_group(world)
+    assert committed(world.bootstrap, group, world.dead_letter_topic, 1) == {0: 3}
+    dlq = read_topic(world.bootstrap, world.dead_letter_topic, expect=6)
+    assert len(dlq) == 6, "an outage dead-letters nothing"
+
+    world.emulator.configure(outage=False)
+    back = replay(world.config())
+
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert table(back.stdout)["mapping_error"] == ["3", "0", "3", "0"]
+    assert world.events()["accepted"] == 3
+    assert committed(world.bootstrap, group, world.dead_letter_topic, 1) == {0: 6}
