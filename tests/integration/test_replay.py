@@ -407,7 +407,7 @@ def test_reason_since_and_until_choose_the_letters_and_a_dry_run_changes_nothing
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert table(done.stdout) == table(dry.stdout)
-    assert "1 partitions stopped at --until" in done.stdout.splitlines()[-1]
+    assert "1 partition stopped at --until" in done.stdout.splitlines()[-1]
     billed = {f"L-{i}" for i in range(7) if world.emulator.state.seen(f"L-{i}")}
     assert billed == {"L-2", "L-4"}
     # Skipped letters are committed past; the partition stopped at L-5, left for later.
