@@ -641,7 +641,7 @@ class Replayer:
     # -- sending ------------------------------------------------------------------------
 
     def _dispatch(self, *, force: bool = False) -> None:
-        if self.dry_run:
+        if self.dry_run or self._stopping:
             return
         self._ready.extend(self._batcher.due(force=force))
         limit = self.config.batching.max_in_flight
@@ -731,9 +731,11 @@ class Replayer:
             kafka_thread.shutdown(wait=False)
 
     async def _drain(self, seconds: float) -> None:
+        """Interrupted: let requests in flight and letters being written finish (nothing
+        new is sent), for at most ``seconds``; what waits in batches stays for the next run."""
+        self._stopping = True
         deadline = time.monotonic() + seconds
-        while self._ledger.unresolved and time.monotonic() < deadline:
-            self._dispatch(force=True)
+        while (self._tasks or self._dlq.pending) and time.monotonic() < deadline:
             self._dlq.poll()
             await self._wait(min(0.05, max(0.0, deadline - time.monotonic())))
 

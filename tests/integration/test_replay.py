@@ -474,3 +474,62 @@ def test_stripe_down_longer_than_the_timeout_exits_1_having_committed_what_resol
     assert table(back.stdout)["mapping_error"] == ["3", "0", "3", "0"]
     assert world.events()["accepted"] == 3
     assert committed(world.bootstrap, group, world.dead_letter_topic, 1) == {0: 6}
+
+
+def test_sigterm_stops_a_replay_that_commits_what_was_billed_and_leaves_the_rest(
+    world_factory: Callable[..., World],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    world = world_factory(partitions=1, auto_meters=False, latency_ms=20)
+    create_meter(world.emulator.base_url, "api_requests")
+    written_ms = int(time.time() * 1000) - 60_000
+    total = 200
+    letters = [synthetic_letter(i, "mapping_error", written_ms, world.topic) for i in range(total)]
+    produce_at(world.bootstrap, world.dead_letter_topic, letters)
+    slow = world.config(batching={"max_events": 5, "max_in_flight": 1, "linger_ms": 5})
+    log_path = tmp_path / "replay-stopped.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "connector", "replay", "--config", str(slow)],
+            cwd=REPO,
+            env=clean_environment(),
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
+        try:
+            wait_until(
+                lambda: world.events()["accepted"] >= 50 or process.poll() is not None,
+                timeout=REPLAY_TIMEOUT_SECONDS,
+                what="the replay to bill 50 letters",
+            )
+            process.send_signal(signal.SIGTERM)
+            stdout, _ = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    assert process.returncode == 1, log_path.read_text()
+    out = stdout.decode()
+    assert out.splitlines()[-1].startswith("replay did not finish: interrupted;"), out
+    billed = world.events()["accepted"]
+    assert 50 <= billed < total
+    [cells] = [line.split() for line in out.splitlines() if line.startswith("mapping_error")]
+    assert cells[3] == str(billed), "every letter Stripe accepted is reported billed"
+    # One request at a time, in order: what was billed is exactly the committed prefix.
+    group = replay_group(world)
+    assert committed(world.bootstrap, group, world.dead_letter_topic, 1) == {0: billed}
+
+    rest = replay(slow)
+
+    assert rest.returncode == 0, rest.stdout + rest.stderr
+    assert table(rest.stdout)["mapping_error"] == [
+        str(total - billed),
+        "0",
+        str(total - billed),
+        "0",
+    ]
+    events = world.events()
+    assert events["accepted"] == total
+    assert events["duplicates"] == 0, "a clean stop leaves nothing sent and uncommitted"
+    assert committed(world.bootstrap, group, world.dead_letter_topic, 1) == {0: total}
