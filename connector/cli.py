@@ -53,6 +53,23 @@ SUBCOMMANDS: tuple[tuple[str, str, str, str], ...] = (
         "when everything matches, 1 when anything differs, 2 for a bad invocation.",
     ),
     (
+        "replay",
+        "connector.replay",
+        "bill dead letters again once their cause is fixed (a meter created, the mapping fixed)",
+        "Read the dead-letter topic as group <kafka.group_id>.replay, from its committed "
+        "offsets up to the end offsets at start. Map each selected letter's record again "
+        "with the current config and the identifiers the connector would have used (from "
+        "the letter's meterstream.source.* headers), send it to Stripe as `run` does, and "
+        "write what still fails back to the dead-letter topic with its new reason and "
+        "meterstream.attempts + 1. Letters not selected by --reason/--since are skipped and "
+        "committed past; --until stops each partition at its first later letter, which is "
+        "left for a later run. Only what resolved is committed. Run one replay at a time "
+        "(it reads every partition itself). Prints per reason: read, skipped, billed, "
+        "dead-lettered again. Exit 0 when it finished (even with letters dead-lettered "
+        "again), 1 when it could not (nothing moved for --timeout seconds, or interrupted: "
+        "what resolved is committed), 2 for a bad invocation.",
+    ),
+    (
         "emulator",
         "meterstream_local.emulator.cli",
         "serve a local stand-in for Stripe's meter APIs (development, tests, demo)",

@@ -16,6 +16,11 @@ Headers added (all UTF-8 strings):
     meterstream.source.topic / .partition / .offset / .timestamp (ms since the epoch)
     meterstream.version           the connector version that dead-lettered it
     meterstream.attempts          how many times Stripe was asked (0 for local rejections)
+
+A letter about a record read back from the dead-letter topic (``meterstream replay``) is
+written with ``send(..., origin=LetterOrigin.of(message))``: the original key, value and
+headers, the ``source.*`` headers of the old letter (the record's first home, not the
+DLQ's coordinates), and ``attempts`` one more than the old letter's (docs/replay.md).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
@@ -43,6 +50,59 @@ _MAX_MESSAGE_CHARS = 2000
 #: that gets through (and with it every waiting letter) should come within seconds.
 _RETRY_INITIAL_SECONDS = 0.5
 _RETRY_MAX_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class LetterOrigin:
+    """Where a dead letter's record first came from, read back from the letter's headers.
+
+    ``headers`` are the record's own (every header not named ``meterstream.*``), in order;
+    ``timestamp`` is the source's ``source.timestamp`` text ("" when it had none).
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: str
+    attempts: int
+    reason: str
+    event_name: str | None
+    headers: list[tuple[str, bytes]]
+
+    @property
+    def timestamp_ms(self) -> int | None:
+        """The source record's Kafka timestamp in ms, None when it had none."""
+        return int(self.timestamp) if self.timestamp else None
+
+    @classmethod
+    def of(cls, message: Any) -> LetterOrigin:
+        """The origin of a letter (a confluent_kafka Message); ValueError when the message
+        is not a meterstream dead letter (no or unreadable ``meterstream.source.*``)."""
+        own: list[tuple[str, bytes]] = []
+        ours: dict[str, str] = {}
+        for key, value in message.headers() or ():
+            if key.startswith(HEADER_PREFIX):
+                ours[key[len(HEADER_PREFIX) :]] = (value or b"").decode("utf-8", "replace")
+            else:
+                own.append((key, value))
+        try:
+            timestamp = ours.get("source.timestamp", "")
+            if timestamp:
+                int(timestamp)
+            return cls(
+                topic=ours["source.topic"],
+                partition=int(ours["source.partition"]),
+                offset=int(ours["source.offset"]),
+                timestamp=timestamp,
+                attempts=int(ours.get("attempts") or 0),
+                reason=ours.get("reason", ""),
+                event_name=ours.get("event_name") or None,
+                headers=own,
+            )
+        except (KeyError, ValueError) as exc:
+            raise ValueError(
+                f"not a meterstream dead letter (header {exc} missing or bad)"
+            ) from None
 
 
 class _Letter:
@@ -98,17 +158,36 @@ class DeadLetterQueue:
         request_id: str | None = None,
         event: MeterEventBody | None = None,
         attempts: int = 0,
+        origin: LetterOrigin | None = None,
     ) -> None:
-        """Queue the record for the dead-letter topic; resolution comes with the report."""
+        """Queue the record for the dead-letter topic; resolution comes with the report.
+
+        With ``origin`` the record is itself a dead letter: the new letter keeps the
+        original headers and source, and ``attempts`` becomes ``origin.attempts + 1``.
+        """
         msg = record.message
-        timestamp_type, timestamp_ms = msg.timestamp()
+        if origin is None:
+            timestamp_type, timestamp_ms = msg.timestamp()
+            source = [
+                ("source.topic", msg.topic()),
+                ("source.partition", str(msg.partition())),
+                ("source.offset", str(msg.offset())),
+                ("source.timestamp", str(timestamp_ms) if timestamp_type else ""),
+            ]
+            headers = list(msg.headers() or [])
+        else:
+            source = [
+                ("source.topic", origin.topic),
+                ("source.partition", str(origin.partition)),
+                ("source.offset", str(origin.offset)),
+                ("source.timestamp", origin.timestamp),
+            ]
+            headers = list(origin.headers)
+            attempts = origin.attempts + 1
         extra: list[tuple[str, str]] = [
             ("reason", reason),
             ("message", message[:_MAX_MESSAGE_CHARS]),
-            ("source.topic", msg.topic()),
-            ("source.partition", str(msg.partition())),
-            ("source.offset", str(msg.offset())),
-            ("source.timestamp", str(timestamp_ms) if timestamp_type else ""),
+            *source,
             ("version", __version__),
             ("attempts", str(attempts)),
         ]
@@ -117,7 +196,6 @@ class DeadLetterQueue:
         if event is not None:
             extra.append(("event_name", event["event_name"]))
             extra.append(("event_identifier", event["identifier"]))
-        headers = list(msg.headers() or [])
         headers.extend((HEADER_PREFIX + key, value.encode()) for key, value in extra)
         letter = _Letter(record, reason, headers)
         self.pending += 1

@@ -140,8 +140,11 @@ def test_the_wheel_holds_only_the_connector_package(runtime_install: RuntimeInst
 def test_the_commands_of_production_run(runtime_install: RuntimeInstall) -> None:
     help_result = runtime_install.run("meterstream", "--help")
     assert help_result.returncode == 0, help_result.stderr
-    for command in ("run", "check-config", "demo", "emulator", "local-kafka"):
+    for command in ("run", "check-config", "replay", "demo", "emulator", "local-kafka"):
         assert command in help_result.stdout
+    replay_help = runtime_install.run("meterstream", "replay", "--help")
+    assert replay_help.returncode == 0, replay_help.stderr
+    assert "--dry-run" in replay_help.stdout
 
     check = runtime_install.run("meterstream", "check-config")
     assert check.returncode == 0, check.stderr
