@@ -209,3 +209,29 @@ def test_a_window_that_is_not_whole_hours_is_a_bad_invocation(tmp_path: Path) ->
     )
     assert result.returncode == 2
     assert "--end: must be after --start" in result.stderr
+
+
+def test_events_stripe_dropped_after_its_200_are_named_by_customer(
+    world_factory: Callable[..., World],  # noqa: F811
+) -> None:
+    """The emulator accepts a ghost customer's events, then drops them, as Stripe does for
+    a customer that does not exist: every metric of the run is green, reconcile is not."""
+    world = world_factory(partitions=1, drop_customers=["cus_ghost"])
+    now = time.time()
+    customers = [*CUSTOMERS, "cus_ghost"]
+    records = [
+        (None, record(index, "api_requests", customers[index % 4], 3, now - 60))
+        for index in range(80)
+    ]
+    produce(world.bootstrap, world.topic, records)
+    world.run_until_idle(world.config())
+    assert world.events()["accepted"] == 60  # the ghost's 20 were answered 200, then dropped
+
+    start, end = whole_hour(now) - HOUR, whole_hour(now) + HOUR
+    code, stdout, stderr = reconcile(world.config(), start, end)
+
+    assert code == 1, stdout + stderr
+    rows = [line.split() for line in stdout.splitlines()[1:-1]]
+    assert rows[0][:2] == ["api_requests", "cus_ghost"]
+    assert rows[0][4:] == ["60", "0", "-60", "differs"]
+    assert {row[1]: row[-1] for row in rows[1:]} == dict.fromkeys(CUSTOMERS, "match")
