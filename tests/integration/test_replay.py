@@ -29,6 +29,7 @@ from tests.integration.harness import (
     committed,
     end_offsets,
     headers_of,
+    produce,
     read_topic,
     run_meterstream,
     wait_until,
@@ -533,3 +534,37 @@ def test_sigterm_stops_a_replay_that_commits_what_was_billed_and_leaves_the_rest
     assert events["accepted"] == total
     assert events["duplicates"] == 0, "a clean stop leaves nothing sent and uncommitted"
     assert committed(world.bootstrap, group, world.dead_letter_topic, 1) == {0: total}
+
+
+def test_dead_letters_for_a_missing_meter_are_billed_once_the_meter_exists(
+    world_factory: Callable[..., World],  # noqa: F811
+) -> None:
+    """The run refuses events no meter takes (no_active_meter); someone creates the meter;
+    replay bills every one of them, exactly once, with the connector's identifiers."""
+    world = world_factory(partitions=2, auto_meters=False)
+    create_meter(world.emulator.base_url, "api_requests")
+    records = [
+        orjson.dumps(
+            {"id": f"m-{i}", "customer": f"cus_{i % 3}", "event_name": name, "value": 1 + i % 4}
+        )
+        for i, name in enumerate(["api_requests", "gpu_seconds"] * 40)
+    ]
+    produce(world.bootstrap, world.topic, [(None, value) for value in records])
+    checked = world.config(meters={"preflight": True})
+    world.run_until_idle(checked)
+    assert world.events()["accepted"] == 40
+    letters = read_topic(world.bootstrap, world.dead_letter_topic, expect=40)
+    assert {headers_of(m)["meterstream.reason"] for m in letters} == {"no_active_meter"}
+
+    create_meter(world.emulator.base_url, "gpu_seconds")
+    done = replay(checked)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    events = world.events()
+    assert events["accepted"] == 80
+    assert events["duplicates"] == 0
+    gpu = world.billed()
+    assert sum(v for (meter, _c), v in gpu.items() if meter == "gpu_seconds") == sum(
+        1 + i % 4 for i in range(1, 80, 2)
+    )
+    assert table(done.stdout)["no_active_meter"][:3] == ["40", "0", "40"]
