@@ -67,6 +67,8 @@ class _Outcome:
     elapsed: float
     requests: int
     duplicates: int
+    #: ``meterstream reconcile``'s exit code and summary line over the demo's window.
+    reconciled: tuple[int, str] = (0, "")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -156,6 +158,7 @@ def _run(args: argparse.Namespace, console: Any) -> _Outcome:
                 with console.status("meterstream run --until-idle: billing the backlog ..."):
                     finished = subprocess.run(command, env=environment, check=False)
                 elapsed = time.monotonic() - started - IDLE_SECONDS
+                reconciled = _reconcile(path, environment) if finished.returncode == 0 else None
             if finished.returncode != 0:
                 from connector.errors import MeterstreamError
 
@@ -172,7 +175,26 @@ def _run(args: argparse.Namespace, console: Any) -> _Outcome:
         elapsed=max(elapsed, 1e-3),
         requests=int(stats["requests"]["by_endpoint"].get("meter_event_stream", 0)),
         duplicates=int(stats["events"]["duplicates"]),
+        reconciled=reconciled or (1, "reconcile did not run"),
     )
+
+
+def _reconcile(config: Any, environment: dict[str, str]) -> tuple[int, str]:
+    """``meterstream reconcile`` over whole hours covering the sample usage: does Stripe
+    hold what Kafka held? (exit code, its summary line)."""
+    import subprocess
+    import sys
+
+    hour = 3600
+    now = int(time.time())
+    start, end = (now // hour - 36 * 24) * hour, (now // hour + 1) * hour  # 36 days back
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    command = [sys.executable, "-m", "connector", "reconcile", "--config", str(config)]
+    command += ["--start", time.strftime(stamp, time.gmtime(start))]
+    command += ["--end", time.strftime(stamp, time.gmtime(end))]
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
+    lines = done.stdout.strip().splitlines()
+    return done.returncode, lines[-1] if lines else done.stderr.strip()[-300:]
 
 
 def _environ() -> dict[str, str]:
@@ -307,6 +329,9 @@ def _report(console: Any, outcome: _Outcome) -> int:
         f"connector time: {outcome.elapsed:.1f} s (start-up included)   throughput: "
         f"{outcome.produced / outcome.elapsed:,.0f} records/s"
     )
+    code, line = outcome.reconciled
+    console.print(f"meterstream reconcile: {line} {_mark(code == 0)}")
+    ok = ok and code == 0
     if ok:
         console.print("[bold green]every record billed exactly once or dead-lettered[/]")
         return 0
