@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import orjson
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
-from connector import kafka, metrics
+from connector import concurrency, kafka, metrics
 from connector.batching import Batch, Batcher
 from connector.config import MeterstreamConfig
 from connector.delivery import Delivery
@@ -84,6 +84,9 @@ class Worker:
         self._max_bytes = config.records.max_bytes
         self._batcher = Batcher(config.batching.max_events, config.batching.linger_ms / 1000)
         self._limiter = RateLimiter(config.rate_limit, workers=workers)
+        self._concurrency = concurrency.for_config(
+            config.batching, on_change=metrics.CONCURRENCY_LIMIT.set
+        )
         self._ledger = OffsetLedger(on_resolved=self._wake)
         self._ready: deque[Batch] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -140,6 +143,7 @@ class Worker:
             self._sessions,
             self.config.delivery,
             limiter=self._limiter,
+            concurrency=self._concurrency,
             on_accepted=self._accepted,
             on_dead=self._dead_letter,
         )
@@ -284,7 +288,7 @@ class Worker:
     def _dispatch(self, *, force: bool = False) -> None:
         """Start requests for due batches while there is room in flight."""
         self._ready.extend(self._batcher.due(force=force))
-        limit = self.config.batching.max_in_flight
+        limit = self._concurrency.limit
         while self._ready and len(self._tasks) < limit:
             batch = self._ready.popleft()
             metrics.BATCH_SIZE.observe(len(batch))
