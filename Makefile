@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 export PATH := $(HOME)/.cache/meterstream/bin:$(PATH)
 
-.PHONY: demo test lint bench profile reliability soak bootstrap
+.PHONY: demo test lint bench bench-adaptive profile reliability soak bootstrap
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -27,6 +27,10 @@ lint:
 ## Throughput benchmark (issue 5): writes bench/results/latest.json and a PNG chart.
 bench: bootstrap
 	$(VENV)/python -m bench.run
+
+## Four processes, one account limit: adaptive concurrency on and off (key "adaptive").
+bench-adaptive: bootstrap
+	$(VENV)/python -m bench.adaptive
 
 ## Where one connector process spends its CPU (cProfile): bench/results/profile.txt.
 profile: bootstrap

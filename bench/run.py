@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 results["runs"].append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out.exists():  # keep what other benchmarks wrote there (e.g. "adaptive")
+        for key, value in orjson.loads(args.out.read_bytes()).items():
+            results.setdefault(key, value)
     args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     chart = args.out.with_suffix(".png")
     draw(results, chart)

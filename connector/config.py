@@ -214,6 +214,9 @@ class BatchingConfig(_Section):
     linger_ms: int = Field(50, ge=0, le=60_000)
     #: Concurrent requests per process: at ~50 ms per request, 64 carry ~128k events/s.
     max_in_flight: int = Field(64, ge=1, le=1024)
+    #: Find the in-flight limit from Stripe's answers (AIMD, up to max_in_flight); false:
+    #: always max_in_flight (docs/concurrency.md).
+    adaptive_concurrency: bool = True
     #: Records consumed but not yet resolved; at this bound fetching pauses (DESIGN 3.5).
     max_buffered_records: int = Field(20_000, ge=1, le=10_000_000)
 

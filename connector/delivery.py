@@ -36,6 +36,7 @@ from tenacity import (
 
 from connector import metrics
 from connector.batching import Batch
+from connector.concurrency import ConcurrencyLimit, FixedConcurrency, Outcome
 from connector.config import DeliveryConfig
 from connector.errors import (
     AuthenticationError,
@@ -89,6 +90,7 @@ class Delivery:
         config: DeliveryConfig,
         *,
         limiter: RateLimiter,
+        concurrency: ConcurrencyLimit | None = None,
         on_accepted: OnAccepted | None = None,
         on_dead: OnDead | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -99,6 +101,8 @@ class Delivery:
         self._sessions = sessions
         self._config = config
         self._limiter = limiter
+        #: Hears every attempt's outcome and latency (adaptive concurrency).
+        self._concurrency: ConcurrencyLimit = concurrency or FixedConcurrency(1)
         self._on_accepted: OnAccepted = on_accepted or _unheard
         self._on_dead: OnDead = on_dead or _unheard
         self._sleep = sleep
@@ -265,16 +269,23 @@ class Delivery:
 
     async def _post(self, batch: Batch, session: Session) -> str | None:
         started = time.perf_counter()
+        sent_at = self._concurrency.started()
         metrics.REQUESTS_IN_FLIGHT.inc()
         outcome = "ok"
+        congestion: Outcome = "failed"
         try:
-            return await self._sink.send_events(batch.events, session)
+            request_id = await self._sink.send_events(batch.events, session)
+            congestion = "ok"
+            return request_id
         except StripeError as exc:
             outcome = exc.outcome
+            if outcome == "rate_limited":
+                congestion = "rate_limited"
             if isinstance(exc, RejectedBatchError):
                 metrics.BATCHES.labels("rejected").inc()
             raise
         finally:
+            self._concurrency.finished(sent_at, congestion)
             metrics.REQUESTS_IN_FLIGHT.dec()
             metrics.REQUEST_DURATION.labels(outcome).observe(time.perf_counter() - started)
 

@@ -65,6 +65,13 @@ REQUESTS_IN_FLIGHT = Gauge(
     "Requests to Stripe awaiting an answer.",
     multiprocess_mode="livesum",
 )
+#: Summed over a pod's workers: the pod's capacity to Stripe, next to requests_in_flight.
+CONCURRENCY_LIMIT = Gauge(
+    "meterstream_concurrency_limit",
+    "Requests the process may have in flight: batching.max_in_flight, or the adaptive "
+    "limit found from Stripe's answers (batching.adaptive_concurrency).",
+    multiprocess_mode="livesum",
+)
 RETRIES = Counter(
     "meterstream_retries",
     "Requests retried, by cause (rate_limited, server_error, timeout, connection, "

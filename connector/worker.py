@@ -26,7 +26,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
-from connector import metrics
+from connector import concurrency, metrics
 from connector.batching import Batch, Batcher
 from connector.config import MeterstreamConfig
 from connector.deadline import Deadline
@@ -69,6 +69,7 @@ class Worker:
         health: HealthState,
         consumer: GroupConsumer,
         delivery: Delivery,
+        limit: concurrency.ConcurrencyLimit,
         sessions: SessionProvider,
         dlq: DeadLetterQueue,
         catalog: MeterCatalog,
@@ -82,6 +83,8 @@ class Worker:
         self.until_idle = until_idle
         self.consumer = consumer
         self._delivery = delivery
+        #: How many requests may be in flight now (adaptive, or batching.max_in_flight).
+        self._concurrency = limit
         self._sessions = sessions
         self._dlq = dlq
         self._meters = MeterGate(catalog, config.mapping, refuse=self._refuse_checked)
@@ -278,7 +281,7 @@ class Worker:
     def _dispatch(self, *, force: bool = False) -> None:
         """Start requests for due batches while there is room in flight."""
         self._ready.extend(self._batcher.due(force=force))
-        limit = self.config.batching.max_in_flight
+        limit = self._concurrency.limit
         while self._ready and len(self._tasks) < limit:
             batch = self._ready.popleft()
             metrics.BATCH_SIZE.observe(len(batch))
@@ -536,6 +539,7 @@ def run_worker(
         sessions = SessionProvider(
             create_session, renew_margin_seconds=config.stripe.session_renew_margin_seconds
         )
+        limit = concurrency.for_config(config.batching, on_change=metrics.CONCURRENCY_LIMIT.set)
         worker = Worker(
             config,
             health=health,
@@ -545,7 +549,9 @@ def run_worker(
                 sessions,
                 config.delivery,
                 limiter=RateLimiter(config.rate_limit, workers=workers),
+                concurrency=limit,
             ),
+            limit=limit,
             sessions=sessions,
             dlq=DeadLetterQueue(config.kafka),
             catalog=catalog,

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from connector.batching import Batch
+from connector.concurrency import Outcome
 from connector.config import DeliveryConfig, RateLimitConfig
 from connector.delivery import Delivery
 from connector.errors import (
@@ -61,9 +62,30 @@ class ScriptedSender:
         return "req_ok"
 
 
+class RecordingLimit:
+    """A concurrency limit that records what delivery reports about each attempt."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.outcomes: list[str] = []
+
+    @property
+    def limit(self) -> int:
+        return 1
+
+    def started(self) -> float:
+        self.in_flight += 1
+        return float(len(self.outcomes))
+
+    def finished(self, started: float, outcome: Outcome) -> None:
+        self.in_flight -= 1
+        self.outcomes.append(outcome)
+
+
 class Harness:
     def __init__(self, answer: Callable[[list[dict], Session], Exception | None]) -> None:
         self.sender = ScriptedSender(answer)
+        self.concurrency = RecordingLimit()
         self.created = 0
         self.sleeps: list[float] = []
         self.accepted: list[str] = []
@@ -92,6 +114,7 @@ class Harness:
                 backoff_initial_seconds=0.1, backoff_max_seconds=2.0, expiry_margin_seconds=1.0
             ),
             limiter=RateLimiter(RateLimitConfig(), workers=1),
+            concurrency=self.concurrency,
             on_accepted=lambda batch, _rid: self.accepted.extend(
                 e["identifier"] for e in batch.events
             ),
@@ -266,3 +289,22 @@ def test_wait_grows_exponentially_and_is_capped(retry_after: float | None) -> No
     assert len(h.sleeps) == 8
     assert max(h.sleeps) <= 2.0 + 0.1  # backoff_max plus at most one jitter unit
     assert h.sleeps[-1] > h.sleeps[0]
+
+
+def test_every_attempt_reports_its_outcome_to_the_concurrency_limit() -> None:
+    """429 is a congestion signal; other failures are not; 200 is a fast answer."""
+    script = iter(
+        [
+            BackoffError("HTTP 429", cause="rate_limited", status=429, retry_after=1.0),
+            BackoffError("HTTP 503", cause="server_error", status=503),
+            SessionExpiredError("expired", status=401),
+            RejectedBatchError("HTTP 400", code="invalid", status=400, request_id="req_x"),
+        ]
+    )
+
+    h = Harness(lambda _events, _s: next(script, None))
+    h.run(_batch(2))
+    # 429, 503, expired (renewed and resent at once), 400 (split), two singles accepted.
+    assert h.concurrency.outcomes == ["rate_limited", "failed", "failed", "failed", "ok", "ok"]
+    assert h.concurrency.in_flight == 0
+    assert sorted(h.accepted) == ["id-0", "id-1"]
