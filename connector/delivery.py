@@ -108,7 +108,6 @@ class Delivery:
         self._sleep = sleep
         self._clock = clock
         self._wall_clock = wall_clock
-        self._gate_until = 0.0
         # Exponential from the initial delay up to the cap, plus jitter so that many
         # workers that failed together do not retry together.
         self._backoff = wait_exponential(
@@ -203,7 +202,7 @@ class Delivery:
             self.failing_since = now
         self.last_failure = str(exc)
         if isinstance(exc, BackoffError) and exc.cause == "rate_limited" and exc.retry_after:
-            self._gate_until = max(self._gate_until, now + exc.retry_after)
+            self._limiter.hold(exc.retry_after)
         # One line per retry; connector.logs lets one per problem through per interval.
         extra = {"request_id": getattr(exc, "request_id", None)}
         if isinstance(exc, AuthenticationError):
@@ -235,9 +234,7 @@ class Delivery:
 
     async def _send_once(self, batch: Batch) -> tuple[Batch, str | None]:
         """One attempt: the events actually sent and Stripe's Request-Id."""
-        gate = self._gate_until - self._clock()
-        if gate > 0:
-            await self._sleep(gate)
+        await self._limiter.gate()  # a 429's Retry-After, before deciding what is still live
         live = self._live(batch)
         if not live.events:
             return live, None

@@ -50,9 +50,21 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """This process's share of the account-wide requests/s and events/s budgets."""
+    """This process's share of the account-wide requests/s and events/s budgets, and the
+    gate a 429 closes: its ``Retry-After`` holds every request of the process, not only
+    the one refused (Stripe counts the account, so the others would be refused too)."""
 
-    def __init__(self, config: RateLimitConfig, *, workers: int) -> None:
+    def __init__(
+        self,
+        config: RateLimitConfig,
+        *,
+        workers: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._gate_until = 0.0
         share = config.replicas * workers
         self.requests = (
             TokenBucket(config.account_requests_per_second / share)
@@ -65,8 +77,19 @@ class RateLimiter:
             else None
         )
 
+    def hold(self, seconds: float) -> None:
+        """Stripe said ``Retry-After: seconds``: no request goes before then."""
+        self._gate_until = max(self._gate_until, self._clock() + seconds)
+
+    async def gate(self) -> None:
+        """Wait while a 429's ``Retry-After`` holds the process."""
+        gate = self._gate_until - self._clock()
+        if gate > 0:
+            await self._sleep(gate)
+
     async def acquire(self, events: int) -> None:
-        """Wait for the budget of one request carrying ``events`` events."""
+        """Wait for the gate and the budget of one request carrying ``events`` events."""
+        await self.gate()
         if self.requests is not None:
             await self.requests.acquire(1)
         if self.events is not None:

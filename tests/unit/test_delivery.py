@@ -113,7 +113,7 @@ class Harness:
             DeliveryConfig(
                 backoff_initial_seconds=0.1, backoff_max_seconds=2.0, expiry_margin_seconds=1.0
             ),
-            limiter=RateLimiter(RateLimitConfig(), workers=1),
+            limiter=RateLimiter(RateLimitConfig(), workers=1, clock=lambda: self.now, sleep=sleep),
             concurrency=self.concurrency,
             on_accepted=lambda batch, _rid: self.accepted.extend(
                 e["identifier"] for e in batch.events

@@ -59,3 +59,25 @@ def test_no_budget_means_no_limiter() -> None:
     assert limiter.requests is None
     assert limiter.events is None
     asyncio.run(limiter.acquire(100))  # returns at once
+
+
+def test_a_429_holds_every_request_of_the_process_until_retry_after() -> None:
+    now = [100.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    limiter = RateLimiter(RateLimitConfig(), workers=1, clock=lambda: now[0], sleep=sleep)
+
+    async def run() -> None:
+        await limiter.acquire(100)
+        assert slept == []  # no gate, no budget: at once
+        limiter.hold(3.0)
+        limiter.hold(1.0)  # a shorter Retry-After does not shorten the gate
+        await limiter.acquire(100)
+        await limiter.gate()
+
+    asyncio.run(run())
+    assert slept == [3.0]
