@@ -27,6 +27,7 @@ import orjson
 
 from connector.config import MeterstreamConfig, load_config
 from connector.errors import ConfigError
+from connector.runner import add_config_argument
 from connector.timestamps import format_rfc3339_ms, parse_timestamp
 
 if TYPE_CHECKING:  # imported when used: `meterstream --help` must not pay for Kafka and httpx
@@ -46,11 +47,9 @@ Status = Literal["match", "differs", "no_meter"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``meterstream reconcile``."""
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=None,
-        help="the connector's YAML config (default: $METERSTREAM_CONFIG): its topics, group, "
+    add_config_argument(
+        parser,
+        "the connector's YAML config (default: $METERSTREAM_CONFIG): its topics, group, "
         "dead-letter topic, mapping and Stripe settings",
     )
     parser.add_argument(

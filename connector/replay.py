@@ -42,6 +42,7 @@ from connector.errors import (
     DeadLetterReason,
 )
 from connector.replay_report import Report
+from connector.runner import add_config_argument
 from connector.timestamps import format_rfc3339_ms, parse_timestamp
 
 if TYPE_CHECKING:  # imported when used: `meterstream --help` must not pay for Kafka and httpx
@@ -76,11 +77,9 @@ NOT_A_LETTER = "(not a dead letter)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``meterstream replay``."""
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=None,
-        help="the connector's YAML config (default: $METERSTREAM_CONFIG), with the fix "
+    add_config_argument(
+        parser,
+        "the connector's YAML config (default: $METERSTREAM_CONFIG), with the fix "
         "applied: its dead-letter topic, group, mapping and Stripe settings are used",
     )
     parser.add_argument(

@@ -29,19 +29,18 @@ _PR_SET_PDEATHSIG = 1
 _SUPERVISE_EVERY_SECONDS = 0.2
 
 
-def _add_config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=None,
-        help="YAML config file (default: $METERSTREAM_CONFIG; without either, the built-in "
-        "defaults plus METERSTREAM_* environment overrides)",
-    )
+def add_config_argument(
+    parser: argparse.ArgumentParser,
+    help_text: str = "YAML config file (default: $METERSTREAM_CONFIG; without either, the "
+    "built-in defaults plus METERSTREAM_* environment overrides)",
+) -> None:
+    """``--config FILE``, the same for every command that reads the configuration."""
+    parser.add_argument("--config", metavar="FILE", default=None, help=help_text)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``meterstream run``."""
-    _add_config_argument(parser)
+    add_config_argument(parser)
     parser.add_argument(
         "--workers",
         type=int,
@@ -79,7 +78,7 @@ ONLINE_CHECK_ATTEMPTS = 3
 
 def add_check_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``meterstream check-config``."""
-    _add_config_argument(parser)
+    add_config_argument(parser)
     parser.add_argument(
         "--online",
         action="store_true",
