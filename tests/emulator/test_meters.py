@@ -322,3 +322,43 @@ def test_meters_from_yaml_and_json_files(tmp_path: Path) -> None:
         load_meters_file(bad)
     with pytest.raises(MeterSpecError, match="cannot read"):
         load_meters_file(tmp_path / "missing.yaml")
+
+
+def test_deactivate_and_reactivate_show_status_and_transitions(
+    emulator: EmulatorServer, http: httpx.Client
+) -> None:
+    meter = emulator.add_meter(Meter("usage"))
+    before = int(time.time())
+
+    deactivated = http.post(f"{METERS}/{meter.id}/deactivate", data={"expand[]": "x"})
+
+    assert deactivated.status_code == 200, deactivated.text
+    body = deactivated.json()
+    assert body["object"] == "billing.meter"
+    assert body["id"] == meter.id
+    assert body["status"] == "inactive"
+    assert body["status_transitions"]["deactivated_at"] >= before
+    assert body["updated"] >= before
+    assert http.get(f"{METERS}/{meter.id}").json()["status"] == "inactive"
+    assert [m["id"] for m in http.get(METERS, params={"status": "inactive"}).json()["data"]] == [
+        meter.id
+    ]
+    assert http.get(METERS, params={"status": "active"}).json()["data"] == []
+
+    reactivated = http.post(f"{METERS}/{meter.id}/reactivate").json()
+
+    assert reactivated["status"] == "active"
+    assert reactivated["status_transitions"] == {"deactivated_at": None}
+    assert [m["id"] for m in http.get(METERS, params={"status": "active"}).json()["data"]] == [
+        meter.id
+    ]
+
+
+@pytest.mark.parametrize("action", ["deactivate", "reactivate"])
+def test_deactivating_an_unknown_meter_is_404(http: httpx.Client, action: str) -> None:
+    response = http.post(f"{METERS}/mtr_test_nope/{action}")
+
+    assert response.status_code == 404
+    error = error_of(response)
+    assert error["code"] == "resource_missing"
+    assert "mtr_test_nope" in error["message"]

@@ -202,3 +202,22 @@ def test_cancel_an_event_with_an_adjustment(
     assert adjustment.object == "v2.billing.meter_event_adjustment"
     assert adjustment.cancel.identifier == "mistake"
     assert emulator.state.totals()["api_requests"]["cus_1"]["sum"] == 2
+
+
+def test_deactivate_and_reactivate_a_meter(
+    emulator: EmulatorServer, client: stripe.StripeClient
+) -> None:
+    meter = emulator.add_meter(Meter("api_requests"))
+
+    deactivated = client.v1.billing.meters.deactivate(meter.id)
+    inactive = client.v1.billing.meters.list({"status": "inactive"})
+    reactivated = client.v1.billing.meters.reactivate(meter.id)
+
+    assert isinstance(deactivated, stripe.billing.Meter)
+    assert deactivated.status == "inactive"
+    assert deactivated.status_transitions.deactivated_at is not None
+    assert [m.id for m in inactive.data] == [meter.id]
+    assert reactivated.status == "active"
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        client.v1.billing.meters.deactivate("mtr_test_missing")
+    assert caught.value.http_status == 404
