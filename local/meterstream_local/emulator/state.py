@@ -20,12 +20,13 @@ import threading
 import time
 from array import array
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any, Literal
 
+from meterstream_local.emulator.clock import rfc3339
 from meterstream_local.emulator.meters import Meter
+from meterstream_local.emulator.reports import DroppedEvent, ErrorReports, ThinEvent
 from meterstream_local.emulator.validation import CheckedEvent
 
 #: Stripe deduplicates identifiers over a rolling 24 hours.
@@ -41,12 +42,6 @@ SESSION_PRUNE_THRESHOLD = 1_000
 LOG_COMPACT_MIN = 65_536
 
 SessionCheck = Literal["ok", "expired"]
-
-
-def rfc3339(epoch: float) -> str:
-    """``2024-06-01T12:00:00.000Z``: Stripe's v2 timestamp format (milliseconds, UTC)."""
-    moment = datetime.fromtimestamp(epoch, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 @dataclass
@@ -127,6 +122,9 @@ class EmulatorState:
         self._start = 0  # first live slot
         self._batches: deque[tuple[float, int]] = deque()
         self.events_accepted = 0
+        self.reports = ErrorReports()
+        #: Customers created with ``POST /v1/customers``: id -> Stripe's customer object.
+        self.customer_objects: dict[str, dict[str, Any]] = {}
         #: Monotonic times of the first and last accepted event (benchmarks time the span).
         self._first_accept: float | None = None
         self._last_accept: float | None = None
@@ -240,11 +238,21 @@ class EmulatorState:
 
     # -- events ------------------------------------------------------------------------------
 
-    def accept(self, events: list[CheckedEvent], now: float) -> tuple[int, int]:
-        """Record checked events; returns (newly accepted, duplicates)."""
+    def accept(
+        self,
+        events: list[CheckedEvent],
+        now: float,
+        dropped: Sequence[DroppedEvent] = (),
+        *,
+        validation_delay: float = 0.0,
+    ) -> tuple[int, int]:
+        """Record checked events, and queue the dropped ones for an error report once
+        ``validation_delay`` has passed; returns (newly accepted, duplicates)."""
         accepted = duplicates = 0
         with self._lock:
             self._prune(now)
+            if dropped:
+                self._queue_dropped(dropped, now, validation_delay)
             meters = self.meters
             series_by_meter = self._series
             seen = self._seen
@@ -303,6 +311,14 @@ class EmulatorState:
                     self._first_accept = self._last_accept
             self.duplicates += duplicates
         return accepted, duplicates
+
+    def _queue_dropped(self, dropped: Sequence[DroppedEvent], now: float, delay: float) -> None:
+        meters = self.meters
+        for _, code, _, _, name, _ in dropped:
+            if code != "no_meter" and name not in meters:  # auto_meters let the name through
+                meters[name] = Meter(event_name=name).stamped(int(now))
+        ids = {name: (meters[name].id if name in meters else None) for *_, name, _ in dropped}
+        self.reports.add(dropped, ids, now=now, delay=delay)
 
     def _prune(self, now: float) -> None:
         """Drop identifiers accepted more than 24 hours ago (called with the lock held)."""
@@ -422,6 +438,25 @@ class EmulatorState:
                 if event_name is None or name == event_name
             }
 
+    def thin_events(self, now: float, **filters: Any) -> list[ThinEvent]:
+        """Error reports whose validation window has closed, newest first (see
+        ``ErrorReports.select`` for the filters)."""
+        with self._lock:
+            self.reports.flush(now)
+            return self.reports.select(now, **filters)
+
+    def thin_event(self, event_id: str, now: float) -> ThinEvent | None:
+        """One reported thin event by id, or None."""
+        with self._lock:
+            self.reports.flush(now)
+            return self.reports.by_id.get(event_id)
+
+    def dropped(self, now: float) -> dict[str, int]:
+        """Dropped events reported so far, by code."""
+        with self._lock:
+            self.reports.flush(now)
+            return dict(sorted(self.reports.dropped_by_code.items()))
+
     def record_request(self, endpoint: str, status: int) -> None:
         """Count one answered Stripe request (the loop thread only; reads copy the dicts)."""
         self.requests_by_status[status] = self.requests_by_status.get(status, 0) + 1
@@ -440,9 +475,12 @@ class EmulatorState:
         rejected_events = self.events_rejected.copy()
         rejected_requests = self.requests_rejected.copy()
         totals = self.totals()
+        dropped = self.dropped(now)
         with self._lock:
             meters = [m.to_stripe() for m in self.meters.values()]
             tracked = len(self._seen)
+            pending = len(self.reports.pending)
+            reports = len(self.reports.events)
         return {
             "requests": {
                 "total": sum(by_status.values()),
@@ -456,6 +494,11 @@ class EmulatorState:
                 "rejected": sum(rejected_events.values()),
                 "rejected_by_code": dict(sorted(rejected_events.items())),
                 "rejected_requests_by_code": dict(sorted(rejected_requests.items())),
+                # Accepted with a 200, then dropped by validation (reported as thin events).
+                "dropped": sum(dropped.values()),
+                "dropped_by_code": dropped,
+                "awaiting_validation": pending,
+                "error_reports": reports,
                 "identifiers_tracked": tracked,
                 # From the first accepted event to the last: a rate without start-up time.
                 "accepting_seconds": (
