@@ -584,6 +584,7 @@ class EmulatorApp:
             "formula": params.get("default_aggregation[formula]", ""),
             "customer_key": params.get("customer_mapping[event_payload_key]", ""),
             "value_key": params.get("value_settings[event_payload_key]", ""),
+            "event_time_window": params.get("event_time_window", ""),
         }
         if not entry["display_name"]:
             raise _ParamError("Missing required param: display_name.", "display_name")
@@ -598,9 +599,12 @@ class EmulatorApp:
             meter: Meter = meter_from_mapping({k: v for k, v in entry.items() if v})
             meter = self.state.add_meter(meter, now)
         except MeterSpecError as exc:
-            raise _ParamError(
-                str(exc), "default_aggregation[formula]", "parameter_invalid"
-            ) from None
+            param = (
+                "event_time_window"
+                if "event_time_window" in str(exc)
+                else "default_aggregation[formula]"
+            )
+            raise _ParamError(str(exc), param, "parameter_invalid") from None
         except ValueError as exc:
             raise _ParamError(str(exc), "event_name", "parameter_invalid") from None
         return 200, orjson.dumps(meter.to_stripe()), None

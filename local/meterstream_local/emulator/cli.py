@@ -59,15 +59,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--meter",
         action="append",
         default=[],
-        metavar="EVENT[:FORMULA[:CUSTOMER_KEY[:VALUE_KEY]]]",
+        metavar="EVENT[:FORMULA[:CUSTOMER_KEY[:VALUE_KEY[:WINDOW]]]]",
         help="declare a meter (repeatable); formula sum|count|last, keys default to "
-        "stripe_customer_id and value",
+        "stripe_customer_id and value; WINDOW hour|day sets event_time_window (only the most "
+        "recent event per customer per window counts)",
     )
     meters.add_argument(
         "--meters-file",
         metavar="PATH",
         help="declare meters from a YAML/JSON file (a list, or {meters: [...]}, entries with "
-        "event_name, formula, customer_key, value_key, display_name, status)",
+        "event_name, formula, customer_key, value_key, display_name, status, "
+        "event_time_window)",
     )
     meters.add_argument(
         "--no-auto-meters",

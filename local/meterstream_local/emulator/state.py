@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from meterstream_local.emulator.clock import rfc3339
-from meterstream_local.emulator.meters import Meter
+from meterstream_local.emulator.meters import WINDOW_SECONDS, Meter
 from meterstream_local.emulator.reports import DroppedEvent, ErrorReports, ThinEvent
 from meterstream_local.emulator.validation import CheckedEvent
 
@@ -74,13 +74,52 @@ class Series:
     rare, while every accepted event would pay for running totals.
     """
 
-    __slots__ = ("customer", "event_name", "minutes")
+    __slots__ = ("customer", "event_name", "latest", "minutes", "window_seconds")
 
-    def __init__(self, event_name: str, customer: str) -> None:
+    def __init__(self, event_name: str, customer: str, window_seconds: int = 0) -> None:
         self.event_name = event_name
         self.customer = customer
+        #: A meter with an ``event_time_window``: its length in seconds (0: none), and the
+        #: one event kept per window: window number -> (timestamp, value).
+        self.window_seconds = window_seconds
+        self.latest: dict[int, tuple[float, int]] = {}
         #: minute (epoch // 60) -> [sum, count, last timestamp, last value]
         self.minutes: dict[int, list[Any]] = {}
+
+    def keep_latest(self, stamp: float, value: int) -> None:
+        """Keep only the most recent event of its window (by timestamp; ties: this one,
+        the later received), as Stripe does for meters with an ``event_time_window``."""
+        key = int(stamp // self.window_seconds)
+        current = self.latest.get(key)
+        if current is not None:
+            if stamp < current[0]:
+                return  # an older event than the one kept: it changes nothing
+            self._remove(*current)
+        self.latest[key] = (stamp, value)
+        minute = int(stamp // 60)
+        bucket = self.minutes.get(minute)
+        if bucket is None:
+            self.minutes[minute] = [value, 1, stamp, value]
+        else:  # cannot happen (one event per window), kept for safety
+            bucket[0] += value
+            bucket[1] += 1
+            if stamp >= bucket[2]:
+                bucket[2], bucket[3] = stamp, value
+
+    def cancel_latest(self, stamp: float, value: int) -> None:
+        """Cancel an event of a windowed meter: if it is the one kept, its window empties."""
+        key = int(stamp // self.window_seconds)
+        if self.latest.get(key) == (stamp, value):
+            del self.latest[key]
+            self._remove(stamp, value)
+
+    def _remove(self, stamp: float, value: int) -> None:
+        minute = int(stamp // 60)
+        bucket = self.minutes[minute]
+        bucket[0] -= value
+        bucket[1] -= 1
+        if bucket[1] <= 0:
+            del self.minutes[minute]
 
     def total(self) -> dict[str, int]:
         """{"sum", "count", "last"} over every bucket."""
@@ -284,8 +323,20 @@ class EmulatorState:
                 if customer != last_customer or series is None:
                     series = by_customer.get(customer)
                     if series is None:
-                        series = by_customer[customer] = Series(name, customer)
+                        window = meters[name].event_time_window if name in meters else None
+                        series = by_customer[customer] = Series(
+                            name, customer, WINDOW_SECONDS.get(window or "", 0)
+                        )
                     last_customer = customer
+                if series.window_seconds:
+                    series.keep_latest(stamp, value)
+                    if identifier is not None:
+                        ids_append(identifier)
+                        log_series_append(series)
+                        values_append(value)
+                        stamps_append(stamp)
+                    accepted += 1
+                    continue
                 minute = int(stamp // 60)
                 bucket = series.minutes.get(minute)
                 if bucket is None:
@@ -370,6 +421,10 @@ class EmulatorState:
             self._log_series[slot] = None
             stamp = self._log_stamps[slot]
             value = self._log_values[slot]
+            if series.window_seconds:
+                series.cancel_latest(stamp, value)
+                self.events_canceled += 1
+                return None
             minute = int(stamp // 60)
             bucket = series.minutes[minute]
             bucket[0] -= value
