@@ -677,6 +677,11 @@ class EmulatorApp:
             report["knobs"] = self.faults.knobs.to_json()
             report["faults_injected"] = dict(self.faults.injected)
             return 200, orjson.dumps(report), None
+        if name == "freshness" and method == "GET":
+            return 200, orjson.dumps(self.state.freshness()), None
+        if name == "freshness/reset" and method == "POST":
+            self.state.reset_freshness(now)
+            return 200, orjson.dumps(self.state.freshness()), None
         if name == "knobs" and method == "GET":
             return 200, orjson.dumps(self.faults.knobs.to_json()), None
         if name == "configure" and method == "POST":

@@ -15,6 +15,8 @@ One lock guards it all: the server's event loop mutates, test threads read.
 
 from __future__ import annotations
 
+import bisect
+import math
 import secrets
 import threading
 import time
@@ -38,6 +40,8 @@ CANCEL_WINDOW_SECONDS = 86_400.0
 SESSION_RETENTION_SECONDS = 3_600.0
 #: Prune forgotten sessions once this many exist (keeps session creation O(1) amortised).
 SESSION_PRUNE_THRESHOLD = 1_000
+#: Upper bounds (seconds) of the freshness histogram's cumulative buckets.
+FRESHNESS_BUCKETS_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86_400)
 #: Compact the dedupe log's columns once this many pruned slots sit at their front.
 LOG_COMPACT_MIN = 65_536
 
@@ -162,6 +166,7 @@ class EmulatorState:
         self._batches: deque[tuple[float, int]] = deque()
         self.events_accepted = 0
         self.reports = ErrorReports()
+        self._clear_freshness(now)
         #: Customers created with ``POST /v1/customers``: id -> Stripe's customer object.
         self.customer_objects: dict[str, dict[str, Any]] = {}
         #: Monotonic times of the first and last accepted event (benchmarks time the span).
@@ -177,6 +182,65 @@ class EmulatorState:
         self.stream_requests_seen = 0
         self.requests_by_status: dict[int, int] = {}
         self.requests_by_endpoint: dict[str, int] = {}
+
+    def _clear_freshness(self, now: float) -> None:
+        # Acceptance stamps: per accepted event its lag (accepted wall time minus event
+        # timestamp); per request that accepted any, its monotonic and wall acceptance
+        # time and the number of lags recorded through it (event i belongs to the first
+        # request whose count exceeds i).
+        self._lags = array("d")
+        self._accepted_monotonic = array("d")
+        self._accepted_wall = array("d")
+        self._accepted_through = array("q")
+        self._freshness_since = now
+
+    def reset_freshness(self, now: float) -> None:
+        """Start the freshness measurement again (forget every acceptance stamp)."""
+        with self._lock:
+            self._clear_freshness(now)
+
+    def freshness(self) -> dict[str, Any]:
+        """The distribution of (accepted wall time - event timestamp) since the last reset:
+        percentiles, max and a cumulative histogram, in seconds."""
+        with self._lock:
+            lags = sorted(self._lags)
+            first = self._accepted_monotonic[0] if self._accepted_monotonic else None
+            last = self._accepted_monotonic[-1] if self._accepted_monotonic else None
+            first_wall = self._accepted_wall[0] if self._accepted_wall else None
+            last_wall = self._accepted_wall[-1] if self._accepted_wall else None
+            requests = len(self._accepted_monotonic)
+            since = self._freshness_since
+        count = len(lags)
+
+        def rank(fraction: float) -> float | None:
+            if not lags:
+                return None
+            return lags[min(count - 1, max(0, math.ceil(fraction * count) - 1))]
+
+        histogram: list[dict[str, Any]] = [
+            {"le": bound, "count": bisect.bisect_right(lags, bound)}
+            for bound in FRESHNESS_BUCKETS_SECONDS
+        ]
+        histogram.append({"le": "+Inf", "count": count})
+        return {
+            "since": rfc3339(since),
+            "events": count,
+            "requests": requests,
+            "seconds": {
+                "p50": rank(0.50),
+                "p90": rank(0.90),
+                "p99": rank(0.99),
+                "max": lags[-1] if lags else None,
+                "min": lags[0] if lags else None,
+                "mean": sum(lags) / count if lags else None,
+            },
+            "histogram": histogram,
+            "accepted_monotonic": {"first": first, "last": last},
+            "accepted_wall": {
+                "first": rfc3339(first_wall) if first_wall is not None else None,
+                "last": rfc3339(last_wall) if last_wall is not None else None,
+            },
+        }
 
     def reset(self, now: float) -> None:
         """Forget everything accepted; keep the declared meters (new creation time)."""
@@ -298,6 +362,7 @@ class EmulatorState:
             ids = self._ids
             logged_before = len(ids)
             seq = self._base + logged_before
+            lags_append = self._lags.append
             ids_append = ids.append
             log_series_append = self._log_series.append
             values_append = self._log_values.append
@@ -335,6 +400,7 @@ class EmulatorState:
                         log_series_append(series)
                         values_append(value)
                         stamps_append(stamp)
+                    lags_append(now - stamp)
                     accepted += 1
                     continue
                 minute = int(stamp // 60)
@@ -352,6 +418,7 @@ class EmulatorState:
                     log_series_append(series)
                     values_append(value)
                     stamps_append(stamp)
+                lags_append(now - stamp)
                 accepted += 1
             if len(ids) != logged_before:
                 self._batches.append((now, self._base + len(ids)))
@@ -360,6 +427,9 @@ class EmulatorState:
                 self._last_accept = time.monotonic()
                 if self._first_accept is None:
                     self._first_accept = self._last_accept
+                self._accepted_monotonic.append(self._last_accept)
+                self._accepted_wall.append(now)
+                self._accepted_through.append(len(self._lags))
             self.duplicates += duplicates
         return accepted, duplicates
 
