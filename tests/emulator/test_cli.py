@@ -16,7 +16,7 @@ import pytest
 
 import meterstream_local.emulator
 from connector import cli
-from meterstream_local.emulator import EmulatorClient, EmulatorProcess, EmulatorServer
+from meterstream_local.emulator import EmulatorClient, EmulatorProcess, EmulatorServer, KnobError
 from meterstream_local.emulator import cli as emulator_cli
 
 from .support import API_KEY, SESSION, event, send
@@ -81,6 +81,9 @@ def test_the_emulator_runs_as_a_process_with_its_flags(tmp_path: Path) -> None:
         "--meters-file", str(meters),
         "--no-auto-meters",
         "--fail", "2:503",
+        "--validation-delay", "0",
+        "--customers", "cus_1,cus_2",
+        "--drop-customers", "cus_2",
     ]  # fmt: skip
     with EmulatorProcess(flags) as process:
         assert process.base_url.startswith("http://127.0.0.1:")
@@ -98,7 +101,9 @@ def test_the_emulator_runs_as_a_process_with_its_flags(tmp_path: Path) -> None:
             token = session["authentication_token"]
             assert send(http, token, [event(name="api_requests")]).status_code == 503  # 2nd
             assert send(http, token, [event(name="api_requests")]).status_code == 200
-            assert send(http, token, [event(name="unknown")]).status_code == 400  # no_meter
+            assert send(http, token, [event(name="unknown")]).status_code == 200  # dropped later
+            dropped = [event(name="api_requests", customer=c) for c in ("cus_2", "cus_3")]
+            assert send(http, token, dropped).status_code == 200
             meters_listed = {
                 m["event_name"]: m for m in http.get("/v1/billing/meters").json()["data"]
             }
@@ -116,11 +121,36 @@ def test_the_emulator_runs_as_a_process_with_its_flags(tmp_path: Path) -> None:
         assert meters_listed["api_requests"]["default_aggregation"]["formula"] == "count"
         assert meters_listed["gb_hours"]["default_aggregation"]["formula"] == "last"
         assert stats["knobs"]["auto_meters"] is False
-        assert stats["events"]["rejected_by_code"] == {"no_meter": 1}
+        assert stats["events"]["dropped_by_code"] == {
+            "meter_event_customer_not_found": 2,
+            "no_meter": 1,
+        }
+        assert stats["knobs"]["customers"] == ["cus_1", "cus_2"]
+        assert stats["knobs"]["drop_customers"] == ["cus_2"]
+        assert stats["knobs"]["validation_delay_seconds"] == 0
 
         assert process.stop() == 0
     assert "listening on http://127.0.0.1:" in process.output()
     assert "stopped:" in process.output()  # the summary line after SIGTERM
+    assert "3 dropped after validation" not in process.output()  # reset before the stop
+
+
+def test_validation_flags_become_knobs() -> None:
+    parser = argparse.ArgumentParser()
+    emulator_cli.add_arguments(parser)
+
+    defaults = emulator_cli.knobs_from_args(parser.parse_args([]))
+    strict = emulator_cli.knobs_from_args(
+        parser.parse_args(["--sync-validation", "--validation-delay", "2.5"])
+    )
+
+    assert defaults["validation_delay_seconds"] == 1.0
+    assert defaults["sync_validation"] is False
+    assert defaults["customers"] is None
+    assert strict["sync_validation"] is True
+    assert strict["validation_delay_seconds"] == 2.5
+    with pytest.raises(KnobError, match="validation_delay_seconds"):
+        EmulatorServer(validation_delay_seconds=-1)
 
 
 def test_sigint_stops_it_cleanly() -> None:

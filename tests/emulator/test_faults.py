@@ -161,15 +161,19 @@ def test_stats_report_what_was_accepted(emulator: EmulatorServer, http: httpx.Cl
     token = new_token(http)
     send(http, token, [event(3, identifier="a"), event(4, customer="cus_2", identifier="b")])
     send(http, token, [event(3, identifier="a")])
+    send(http, token, [event(timestamp="yesterday")])
+    emulator.configure(validation_delay_seconds=0)
     send(http, token, [event("x")])
 
     stats = http.get("/_emulator/stats").json()
 
-    assert stats["requests"]["by_status"] == {"200": 3, "400": 1}
-    assert stats["requests"]["by_endpoint"] == {"meter_event_session": 1, "meter_event_stream": 3}
+    assert stats["requests"]["by_status"] == {"200": 4, "400": 1}
+    assert stats["requests"]["by_endpoint"] == {"meter_event_session": 1, "meter_event_stream": 4}
     assert stats["events"]["accepted"] == 2
     assert stats["events"]["duplicates"] == 1
-    assert stats["events"]["rejected_by_code"] == {"meter_event_invalid_value": 1}
+    assert stats["events"]["rejected_by_code"] == {"invalid_timestamp": 1}
+    assert stats["events"]["dropped_by_code"] == {"meter_event_invalid_value": 1}
+    assert stats["events"]["dropped"] == 1
     assert stats["sessions"]["created"] == 1
     assert stats["sessions"]["active"] == 1
     assert stats["meters"]["api_requests"]["customers"] == {

@@ -324,43 +324,41 @@ def test_meters_from_yaml_and_json_files(tmp_path: Path) -> None:
         load_meters_file(tmp_path / "missing.yaml")
 
 
-def test_events_of_an_unknown_customer_are_accepted_then_dropped_and_reported(
+def test_deactivate_and_reactivate_show_status_and_transitions(
     emulator: EmulatorServer, http: httpx.Client
 ) -> None:
-    """Stripe validates after its 200: the dropped events are left out of the totals and
-    reported as an error report thin event on GET /v2/core/events."""
-    emulator.configure(drop_customers=["cus_ghost"])
-    token = http.post("/v2/billing/meter_event_session").json()["authentication_token"]
-    events = [
-        {
-            "event_name": "api_requests",
-            "identifier": f"g-{i}",
-            "payload": {"stripe_customer_id": c, "value": "2"},
-        }
-        for i, c in enumerate(["cus_1", "cus_ghost", "cus_ghost", "cus_1"])
+    meter = emulator.add_meter(Meter("usage"))
+    before = int(time.time())
+
+    deactivated = http.post(f"{METERS}/{meter.id}/deactivate", data={"expand[]": "x"})
+
+    assert deactivated.status_code == 200, deactivated.text
+    body = deactivated.json()
+    assert body["object"] == "billing.meter"
+    assert body["id"] == meter.id
+    assert body["status"] == "inactive"
+    assert body["status_transitions"]["deactivated_at"] >= before
+    assert body["updated"] >= before
+    assert http.get(f"{METERS}/{meter.id}").json()["status"] == "inactive"
+    assert [m["id"] for m in http.get(METERS, params={"status": "inactive"}).json()["data"]] == [
+        meter.id
     ]
-    answer = http.post(
-        "/v2/billing/meter_event_stream",
-        json={"events": events},
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    assert answer.status_code == 200
-    assert emulator.state.totals()["api_requests"]["cus_1"]["sum"] == 4
-    assert "cus_ghost" not in emulator.state.totals()["api_requests"]
-    assert emulator.stats()["events"]["dropped_by_code"] == {"meter_event_customer_not_found": 2}
-    listed = http.get(
-        "/v2/core/events",
-        params=[
-            ("types", "v1.billing.meter.error_report_triggered"),
-            ("created[gte]", "2000-01-01T00:00:00Z"),
-        ],
-    ).json()
-    [report] = listed["data"]
-    assert report["object"] == "v2.core.event"
-    assert report["related_object"]["type"] == "billing.meter"
-    [kind] = report["data"]["reason"]["error_types"]
-    assert (kind["code"], kind["error_count"]) == ("meter_event_customer_not_found", 2)
-    assert {s["request"]["identifier"] for s in kind["sample_errors"]} == {"g-1", "g-2"}
-    assert http.get(f"/v2/core/events/{report['id']}").json() == report
-    later = http.get("/v2/core/events", params={"created[gt]": report["created"]}).json()
-    assert later["data"] == []
+    assert http.get(METERS, params={"status": "active"}).json()["data"] == []
+
+    reactivated = http.post(f"{METERS}/{meter.id}/reactivate").json()
+
+    assert reactivated["status"] == "active"
+    assert reactivated["status_transitions"] == {"deactivated_at": None}
+    assert [m["id"] for m in http.get(METERS, params={"status": "active"}).json()["data"]] == [
+        meter.id
+    ]
+
+
+@pytest.mark.parametrize("action", ["deactivate", "reactivate"])
+def test_deactivating_an_unknown_meter_is_404(http: httpx.Client, action: str) -> None:
+    response = http.post(f"{METERS}/mtr_test_nope/{action}")
+
+    assert response.status_code == 404
+    error = error_of(response)
+    assert error["code"] == "resource_missing"
+    assert "mtr_test_nope" in error["message"]

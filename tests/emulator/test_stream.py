@@ -115,95 +115,73 @@ def _broken(**changes: Any) -> dict[str, Any]:
     return body
 
 
-def _bad(**changes: Any) -> Callable[[], Any]:
-    """A good event with ``changes``, made when called."""
-    return lambda: _broken(**changes)
-
-
-def _stamped(seconds_from_now: float) -> Callable[[], Any]:
-    """A good event timestamped ``seconds_from_now`` from the moment it is made."""
-    return lambda: _broken(timestamp=rfc3339(time.time() + seconds_from_now))
-
-
-#: Each bad event is made when its test runs (never at import: the suite may run for
-#: minutes, and "6 minutes ahead" must be ahead of the moment it is sent).
-INVALID_EVENTS = [
-    ("not an object", lambda: "just a string", "invalid_request"),
-    ("no event_name", _bad(event_name=None), "parameter_missing"),
-    ("empty event_name", _bad(event_name=""), "parameter_missing"),
-    ("event_name not a string", _bad(event_name=7), "parameter_missing"),
+#: Malformed events: the whole request is refused with a 400. Built inside the test
+#: (timestamps relative to the moment it runs).
+MALFORMED_EVENTS: list[tuple[str, Callable[[float], Any], str]] = [
+    ("not an object", lambda now: "just a string", "invalid_request"),
+    ("no event_name", lambda now: _broken(event_name=None), "parameter_missing"),
+    ("empty event_name", lambda now: _broken(event_name=""), "parameter_missing"),
+    ("event_name not a string", lambda now: _broken(event_name=7), "parameter_missing"),
     (
         "event_name over 100",
-        _bad(event_name="e" * 101),
+        lambda now: _broken(event_name="e" * 101),
         "string_length_exceeds_maximum",
     ),
-    ("no payload", _bad(payload=None), "parameter_missing"),
-    ("payload not an object", _bad(payload=["cus_1", "1"]), "parameter_missing"),
-    ("payload value not a string", _bad(payload__value=5), "invalid_payload"),
-    ("payload extra key not a string", _bad(payload__region=1), "invalid_payload"),
-    (
-        "no customer",
-        _bad(payload__stripe_customer_id=None),
-        "meter_event_no_customer_defined",
-    ),
-    (
-        "empty customer",
-        _bad(payload__stripe_customer_id=""),
-        "meter_event_no_customer_defined",
-    ),
-    ("no value", _bad(payload__value=None), "meter_event_invalid_value"),
-    ("decimal value", _bad(payload__value="1.5"), "meter_event_invalid_value"),
-    ("word value", _bad(payload__value="ten"), "meter_event_invalid_value"),
-    ("plus sign", _bad(payload__value="+5"), "meter_event_invalid_value"),
-    ("blank value", _bad(payload__value=""), "meter_event_invalid_value"),
-    (
-        "non-ascii digits",
-        _bad(payload__value="\u0661\u0662"),
-        "meter_event_invalid_value",
-    ),
-    (
-        "16 digits",
-        _bad(payload__value="1234567890123456"),
-        "meter_event_value_too_many_digits",
-    ),
-    (
-        "-16 digits",
-        _bad(payload__value="-1234567890123456"),
-        "meter_event_value_too_many_digits",
-    ),
+    ("no payload", lambda now: _broken(payload=None), "parameter_missing"),
+    ("payload not an object", lambda now: _broken(payload=["cus_1", "1"]), "parameter_missing"),
+    ("payload value not a string", lambda now: _broken(payload__value=5), "invalid_payload"),
+    ("payload extra key not a string", lambda now: _broken(payload__region=1), "invalid_payload"),
     (
         "36 days old",
-        _stamped(-36 * DAY),
+        lambda now: _broken(timestamp=rfc3339(now - 36 * DAY)),
         "timestamp_too_far_in_past",
     ),
+    ("6 minutes ahead", lambda now: _broken(timestamp=rfc3339(now + 360)), "timestamp_in_future"),
+    ("date only", lambda now: _broken(timestamp="2026-01-01"), "invalid_timestamp"),
+    ("no offset", lambda now: _broken(timestamp="2026-01-01T12:00:00"), "invalid_timestamp"),
+    ("not a date", lambda now: _broken(timestamp="yesterday at noon"), "invalid_timestamp"),
+    ("epoch number", lambda now: _broken(timestamp=int(now)), "invalid_timestamp"),
+    ("null timestamp", lambda now: event() | {"timestamp": None}, "invalid_request"),
+    ("identifier over 100", lambda now: _broken(identifier="i" * 101), "invalid_identifier"),
+    ("empty identifier", lambda now: _broken(identifier=""), "invalid_identifier"),
+    ("identifier not a string", lambda now: _broken(identifier=12), "invalid_identifier"),
+    ("unknown field", lambda now: _broken(quantity="3"), "parameter_unknown"),
+]
+
+#: Well-formed events Stripe accepts with the 200 and drops on validation.
+DROPPED_EVENTS: list[tuple[str, dict[str, Any], str]] = [
+    ("no customer", _broken(payload__stripe_customer_id=None), "meter_event_no_customer_defined"),
+    ("empty customer", _broken(payload__stripe_customer_id=""), "meter_event_no_customer_defined"),
+    ("no value", _broken(payload__value=None), "meter_event_invalid_value"),
+    ("decimal value", _broken(payload__value="1.5"), "meter_event_invalid_value"),
+    ("word value", _broken(payload__value="ten"), "meter_event_invalid_value"),
+    ("plus sign", _broken(payload__value="+5"), "meter_event_invalid_value"),
+    ("blank value", _broken(payload__value=""), "meter_event_invalid_value"),
+    ("non-ascii digits", _broken(payload__value="\u0661\u0662"), "meter_event_invalid_value"),
+    ("16 digits", _broken(payload__value="1234567890123456"), "meter_event_value_too_many_digits"),
     (
-        "6 minutes ahead",
-        _stamped(360),
-        "timestamp_in_future",
+        "-16 digits",
+        _broken(payload__value="-1234567890123456"),
+        "meter_event_value_too_many_digits",
     ),
-    ("date only", _bad(timestamp="2026-01-01"), "invalid_timestamp"),
-    ("no offset", _bad(timestamp="2026-01-01T12:00:00"), "invalid_timestamp"),
-    ("not a date", _bad(timestamp="yesterday at noon"), "invalid_timestamp"),
-    ("epoch number", lambda: _broken(timestamp=int(time.time())), "invalid_timestamp"),
-    ("null timestamp", lambda: event() | {"timestamp": None}, "invalid_request"),
-    ("identifier over 100", _bad(identifier="i" * 101), "invalid_identifier"),
-    ("empty identifier", _bad(identifier=""), "invalid_identifier"),
-    ("identifier not a string", _bad(identifier=12), "invalid_identifier"),
-    ("unknown field", _bad(quantity="3"), "parameter_unknown"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("make", "code"),
-    [(make, code) for _, make, code in INVALID_EVENTS],
-    ids=[i[0] for i in INVALID_EVENTS],
+    ("make_bad", "code"),
+    [(make, code) for _, make, code in MALFORMED_EVENTS],
+    ids=[i[0] for i in MALFORMED_EVENTS],
 )
-def test_one_invalid_event_refuses_the_whole_request(
-    emulator: EmulatorServer, http: httpx.Client, token: str, make: Any, code: str
+def test_one_malformed_event_refuses_the_whole_request(
+    emulator: EmulatorServer,
+    http: httpx.Client,
+    token: str,
+    make_bad: Callable[[float], Any],
+    code: str,
 ) -> None:
-    good_before, bad, good_after = event(), make(), event()
+    good_before, good_after = event(), event()
 
-    response = send(http, token, [good_before, bad, good_after])
+    response = send(http, token, [good_before, make_bad(time.time()), good_after])
 
     assert response.status_code == 400
     error = error_of(response)
@@ -216,20 +194,74 @@ def test_one_invalid_event_refuses_the_whole_request(
     assert stats["rejected_by_code"] == {code: 1}
 
 
-def test_every_invalid_event_is_counted_and_named(
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [(bad, code) for _, bad, code in DROPPED_EVENTS],
+    ids=[i[0] for i in DROPPED_EVENTS],
+)
+def test_an_event_failing_validation_is_accepted_then_dropped(
+    emulator: EmulatorServer, http: httpx.Client, token: str, bad: dict[str, Any], code: str
+) -> None:
+    emulator.configure(validation_delay_seconds=0)
+    bad = bad | {"identifier": f"bad-{code}-{time.monotonic_ns()}"}
+
+    response = send(http, token, [event(2), bad, event(3)])
+
+    assert response.status_code == 200
+    assert response.json() == {}
+    assert emulator.state.totals()["api_requests"]["cus_1"] == {"sum": 5, "count": 2, "last": 3}
+    assert not emulator.state.seen(bad["identifier"])  # a fixed resend would be billed
+    stats = emulator.stats()["events"]
+    assert stats["accepted"] == 2
+    assert stats["dropped_by_code"] == {code: 1}
+    assert stats["rejected"] == 0
+    [report] = emulator.state.thin_events(time.time())
+    [error_type] = report.body["data"]["reason"]["error_types"]
+    assert error_type["code"] == code
+    assert error_type["sample_errors"][0]["request"] == {"identifier": bad["identifier"]}
+
+
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [(bad, code) for _, bad, code in DROPPED_EVENTS],
+    ids=[i[0] for i in DROPPED_EVENTS],
+)
+def test_sync_validation_refuses_what_would_be_dropped(
+    emulator: EmulatorServer, http: httpx.Client, token: str, bad: dict[str, Any], code: str
+) -> None:
+    emulator.configure(sync_validation=True)
+
+    response = send(http, token, [event(), bad])
+
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == code
+    assert error["param"].startswith("events[1]")
+    assert emulator.state.events_accepted == 0
+    assert emulator.stats()["events"]["dropped"] == 0
+
+
+def test_every_malformed_event_is_counted_and_named(
     emulator: EmulatorServer, http: httpx.Client, token: str
 ) -> None:
-    events = [event(), _broken(payload__value="x"), event(), _broken(timestamp="nope"), event()]
+    events = [
+        event(),
+        _broken(identifier=""),
+        _broken(payload__value="x"),  # would be dropped; the request is refused anyway
+        _broken(timestamp="nope"),
+        event(),
+    ]
 
     error = error_of(send(http, token, events))
 
-    assert error["code"] == "meter_event_invalid_value"  # the first one
+    assert error["code"] == "invalid_identifier"  # the first one
     assert "events[1]" in error["message"]
     assert "events[3]" in error["message"]
     assert emulator.stats()["events"]["rejected_by_code"] == {
-        "meter_event_invalid_value": 1,
+        "invalid_identifier": 1,
         "invalid_timestamp": 1,
     }
+    assert emulator.stats()["events"]["awaiting_validation"] == 0
 
 
 def test_values_at_the_limits_are_accepted(
@@ -331,18 +363,22 @@ def test_an_unknown_event_name_creates_a_sum_meter(
     assert meter["value_settings"] == {"event_payload_key": "value"}
 
 
-def test_without_auto_meters_an_unknown_event_name_is_refused(
+def test_without_auto_meters_an_unknown_event_name_is_accepted_then_dropped(
     emulator: EmulatorServer, http: httpx.Client, token: str
 ) -> None:
-    emulator.configure(auto_meters=False)
+    emulator.configure(auto_meters=False, validation_delay_seconds=0)
     emulator.add_meter(Meter("api_requests"))
 
     assert send(http, token, [event(name="api_requests")]).status_code == 200
-    response = send(http, token, [event(name="gb_hours")])
+    response = send(http, token, [event(name="gb_hours", identifier="gb-1")])
 
-    assert response.status_code == 400
-    assert error_of(response)["code"] == "no_meter"
+    assert response.status_code == 200
     assert "gb_hours" not in emulator.state.meters
+    assert emulator.stats()["events"]["dropped_by_code"] == {"no_meter": 1}
+    [report] = emulator.state.thin_events(time.time())
+    assert report.type == "v1.billing.meter.no_meter_found"
+    assert report.body["related_object"] is None
+    assert not emulator.state.seen("gb-1")
 
 
 def test_a_meter_with_its_own_payload_keys(
@@ -352,12 +388,16 @@ def test_a_meter_with_its_own_payload_keys(
     good = {"event_name": "tokens", "payload": {"account": "cus_9", "tokens": "250"}}
     default_keys = event(name="tokens")  # stripe_customer_id/value: not this meter's keys
 
-    assert send(http, token, [good]).status_code == 200
-    response = send(http, token, [default_keys])
+    emulator.configure(validation_delay_seconds=0)
 
-    assert error_of(response)["code"] == "meter_event_no_customer_defined"
-    assert error_of(response)["param"] == "events[0].payload.account"
-    assert emulator.state.totals()["tokens"]["cus_9"]["sum"] == 250
+    assert send(http, token, [good]).status_code == 200
+    assert send(http, token, [default_keys]).status_code == 200
+
+    assert emulator.state.totals()["tokens"] == {"cus_9": {"sum": 250, "count": 1, "last": 250}}
+    assert emulator.stats()["events"]["dropped_by_code"] == {"meter_event_no_customer_defined": 1}
+    [report] = emulator.state.thin_events(time.time())
+    [error_type] = report.body["data"]["reason"]["error_types"]
+    assert "'account'" in error_type["sample_errors"][0]["error_message"]
 
 
 def test_a_count_meter_needs_no_value(
@@ -366,20 +406,28 @@ def test_a_count_meter_needs_no_value(
     emulator.add_meter(Meter("logins", formula="count"))
     no_value = {"event_name": "logins", "payload": {"stripe_customer_id": "cus_1"}}
 
-    assert send(http, token, [no_value, no_value | {}, event(name="logins")]).status_code == 200
+    not_a_number = event("x", name="logins")  # a count meter does not read the value
 
-    assert emulator.state.totals()["logins"]["cus_1"]["count"] == 3
-    assert send(http, token, [event("x", name="logins")]).status_code == 400  # still checked
+    response = send(http, token, [no_value, no_value | {}, event(name="logins"), not_a_number])
+
+    assert response.status_code == 200
+    assert emulator.state.totals()["logins"]["cus_1"]["count"] == 4
+    assert emulator.stats()["events"]["awaiting_validation"] == 0
 
 
-def test_an_inactive_meter_refuses_events(
+def test_events_for_an_inactive_meter_are_dropped(
     emulator: EmulatorServer, http: httpx.Client, token: str
 ) -> None:
+    emulator.configure(validation_delay_seconds=0)
     meter = emulator.add_meter(Meter("api_requests"))
     assert http.post(f"/v1/billing/meters/{meter.id}/deactivate").json()["status"] == "inactive"
 
-    response = send(http, token, [event()])
+    assert send(http, token, [event(5)]).status_code == 200
 
-    assert error_of(response)["code"] == "archived_meter"
+    assert emulator.state.totals().get("api_requests", {}) == {}
+    assert emulator.stats()["events"]["dropped_by_code"] == {"archived_meter": 1}
+    [report] = emulator.state.thin_events(time.time())
+    assert report.object_id == meter.id
     assert http.post(f"/v1/billing/meters/{meter.id}/reactivate").json()["status"] == "active"
-    assert send(http, token, [event()]).status_code == 200
+    assert send(http, token, [event(7)]).status_code == 200
+    assert emulator.state.totals()["api_requests"]["cus_1"]["sum"] == 7

@@ -11,10 +11,13 @@ from typing import Any
 
 import pytest
 import stripe
+from stripe.events import V1BillingMeterErrorReportTriggeredEvent
 
 from meterstream_local.emulator import EmulatorServer, Meter
 
 from .support import event
+
+ERROR_REPORT = "v1.billing.meter.error_report_triggered"
 
 
 @pytest.fixture
@@ -94,11 +97,30 @@ def test_101_events_raise_invalid_request(
     assert emulator.state.events_accepted == 0
 
 
-def test_an_invalid_event_raises_invalid_request(client: stripe.StripeClient, session: Any) -> None:
+def test_a_malformed_event_raises_invalid_request(
+    client: stripe.StripeClient, session: Any
+) -> None:
     with pytest.raises(stripe.InvalidRequestError) as caught:
-        _stream(client, session, [event("12.5")])
+        _stream(client, session, [event(timestamp="not a date")])
 
-    assert caught.value.code == "meter_event_invalid_value"
+    assert caught.value.code == "invalid_timestamp"
+
+
+def test_an_event_failing_validation_is_accepted_and_reported_later(
+    emulator: EmulatorServer, client: stripe.StripeClient, session: Any
+) -> None:
+    emulator.configure(validation_delay_seconds=0)
+
+    _stream(client, session, [event("12.5", identifier="decimal-1"), event(3)])  # no exception
+
+    [report] = client.v2.core.events.list({"types": [ERROR_REPORT]}).data
+    fetched = client.v2.core.events.retrieve(report.id)
+    assert report.type == ERROR_REPORT
+    assert isinstance(fetched, V1BillingMeterErrorReportTriggeredEvent)
+    [error_type] = fetched.data.reason.error_types
+    assert error_type.code == "meter_event_invalid_value"
+    assert error_type.sample_errors[0].request.identifier == "decimal-1"
+    assert emulator.state.totals()["api_requests"]["cus_1"]["sum"] == 3
 
 
 def test_a_bad_api_key_raises_authentication_error(emulator: EmulatorServer) -> None:
@@ -202,3 +224,22 @@ def test_cancel_an_event_with_an_adjustment(
     assert adjustment.object == "v2.billing.meter_event_adjustment"
     assert adjustment.cancel.identifier == "mistake"
     assert emulator.state.totals()["api_requests"]["cus_1"]["sum"] == 2
+
+
+def test_deactivate_and_reactivate_a_meter(
+    emulator: EmulatorServer, client: stripe.StripeClient
+) -> None:
+    meter = emulator.add_meter(Meter("api_requests"))
+
+    deactivated = client.v1.billing.meters.deactivate(meter.id)
+    inactive = client.v1.billing.meters.list({"status": "inactive"})
+    reactivated = client.v1.billing.meters.reactivate(meter.id)
+
+    assert isinstance(deactivated, stripe.billing.Meter)
+    assert deactivated.status == "inactive"
+    assert deactivated.status_transitions.deactivated_at is not None
+    assert [m.id for m in inactive.data] == [meter.id]
+    assert reactivated.status == "active"
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        client.v1.billing.meters.deactivate("mtr_test_missing")
+    assert caught.value.http_status == 404

@@ -15,18 +15,21 @@ import binascii
 import hashlib
 import itertools
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
+from meterstream_local.emulator.clock import rfc3339
 from meterstream_local.emulator.faults import Faults, KnobError, Knobs, Refusal
 from meterstream_local.emulator.meters import Meter, MeterSpecError, meter_from_mapping
-from meterstream_local.emulator.state import EmulatorState, rfc3339
-from meterstream_local.emulator.validation import RequestRejected, check_events
+from meterstream_local.emulator.state import EmulatorState
+from meterstream_local.emulator.validation import RequestRejected, check_events, parse_timestamp
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,7 +42,12 @@ SESSION_PATH = "/v2/billing/meter_event_session"
 STREAM_PATH = "/v2/billing/meter_event_stream"
 ADJUSTMENTS_PATH = "/v2/billing/meter_event_adjustments"
 METERS_PATH = "/v1/billing/meters"
-CORE_EVENTS_PATH = "/v2/core/events"
+EVENTS_PATH = "/v2/core/events"
+CUSTOMERS_PATH = "/v1/customers"
+#: v2 event lists: default and maximum page size, and how many types one query may name.
+DEFAULT_EVENTS_LIMIT = 20
+MAX_EVENTS_LIMIT = 100
+MAX_EVENT_TYPES = 20
 CONTROL_PREFIX = "/_emulator/"
 #: API key prefixes Stripe issues (secret and restricted keys); anything else gets 401.
 API_KEY_PREFIXES = ("sk_test_", "sk_live_", "rk_test_", "rk_live_", "rk_")
@@ -205,8 +213,10 @@ class EmulatorApp:
             return "meter_event_adjustments"
         if path.startswith(METERS_PATH):
             return "event_summaries" if path.endswith("/event_summaries") else "meters"
-        if path == CORE_EVENTS_PATH or path.startswith(CORE_EVENTS_PATH + "/"):
-            return "core_events"
+        if path == EVENTS_PATH or path.startswith(EVENTS_PATH + "/"):
+            return "events"
+        if path == CUSTOMERS_PATH or path.startswith(CUSTOMERS_PATH + "/"):
+            return "customers"
         return "unknown"
 
     # -- Stripe endpoints -------------------------------------------------------------------
@@ -231,8 +241,10 @@ class EmulatorApp:
             return self._adjustment(scope, body, now)
         if endpoint in ("meters", "event_summaries"):
             return self._v1_meters(scope, method, path, body, now)
-        if endpoint == "core_events" and method == "GET":
-            return self._core_events(scope, path)
+        if endpoint == "events" and method == "GET":
+            return self._v2_events(scope, path, now)
+        if endpoint == "customers" and method in ("GET", "POST"):
+            return self._v1_customers(scope, method, path, body, now)
         if v2:
             status, payload = v2_error(
                 404,
@@ -294,8 +306,14 @@ class EmulatorApp:
             if refusal is not None:
                 return _refusal_response(refusal, True)
         try:
-            checked = check_events(
-                parsed, self.state.meters, auto_meters=knobs.auto_meters, now=now
+            checked, dropped = check_events(
+                parsed,
+                self.state.meters,
+                auto_meters=knobs.auto_meters,
+                now=now,
+                customers=knobs.customers,
+                drop_customers=knobs.drop_customers,
+                sync=knobs.sync_validation,
             )
         except RequestRejected as exc:
             self.state.record_rejection(exc.codes, exc.code)
@@ -303,15 +321,7 @@ class EmulatorApp:
                 400, "invalid_request_error", exc.code, exc.message, exc.param
             )
             return status, payload, None
-        unknown = knobs.drop_customers
-        dropped = [event for event in checked if event[1] in unknown] if unknown else []
-        if dropped:
-            checked = [event for event in checked if event[1] not in unknown]
-        self.state.accept(checked, now)
-        if dropped:  # validated after the 200, as Stripe does: reported, never billed
-            self.state.drop(
-                dropped, "meter_event_customer_not_found", "No customer with id {customer}", now
-            )
+        self.state.accept(checked, now, dropped, validation_delay=knobs.validation_delay_seconds)
         return 200, _EMPTY_OBJECT, None
 
     def _session(self, scope: Scope, now: float) -> Response:
@@ -392,45 +402,117 @@ class EmulatorApp:
         }
         return 200, orjson.dumps(adjustment), None
 
-    # -- v2 core events (error reports) -----------------------------------------------------
+    # -- v2 thin events ---------------------------------------------------------------------
 
-    def _core_events(self, scope: Scope, path: str) -> Response:
-        if not _valid_key(_api_key(scope)):
+    def _v2_events(self, scope: Scope, path: str, now: float) -> Response:
+        key = _api_key(scope)
+        if not _valid_key(key):
             status, payload = v2_error(
                 401, "invalid_request_error", "invalid_api_key", "Invalid API key provided."
             )
             return status, payload, None
-        events = self.state.core_events
-        if path != CORE_EVENTS_PATH:
-            wanted = path.rsplit("/", 1)[1]
-            found = next((event for event in events if event["id"] == wanted), None)
-            if found is None:
+        state = self.state
+        if path != EVENTS_PATH:
+            event_id = path[len(EVENTS_PATH) + 1 :]
+            event = state.thin_event(event_id, now) if "/" not in event_id else None
+            if event is None:
                 status, payload = v2_error(
-                    404, "invalid_request_error", "resource_missing", f"No such event: {wanted}"
+                    404, "invalid_request_error", "not_found", f"No such event: '{event_id}'"
                 )
                 return status, payload, None
-            return 200, orjson.dumps(found), None
-        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
-        types = {value for key, value in query if key == "types"}
-        params = dict(query)
-        selected = [
-            event
-            for event in events
-            if (not types or event["type"] in types) and _created_in(event["created"], params)
-        ]
+            return 200, orjson.dumps(event.body), None
+        pairs = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         try:
-            start = int(params.get("page", "0"))
-            limit = max(1, min(int(params.get("limit", "20")), 100))
-        except ValueError:
-            status, payload = v2_error(400, "invalid_request_error", "invalid_page", "bad page")
+            query = _events_query(pairs)
+        except _ParamError as exc:
+            status, payload = v2_error(
+                400, "invalid_request_error", exc.code, exc.message, exc.param
+            )
             return status, payload, None
-        page = selected[start : start + limit]
-        following = None
-        if start + limit < len(selected):
-            rest = [(k, v) for k, v in query if k != "page"] + [("page", str(start + limit))]
-            following = CORE_EVENTS_PATH + "?" + "&".join(f"{k}={v}" for k, v in rest)
-        body = {"data": page, "next_page_url": following, "previous_page_url": None}
-        return 200, orjson.dumps(body), None
+        events = state.thin_events(
+            now,
+            types=query.types,
+            object_id=query.object_id,
+            **query.created,
+        )
+        start = 0
+        if query.page is not None:
+            ids = [e.id for e in events]
+            if query.page not in ids:
+                status, payload = v2_error(
+                    400, "invalid_request_error", "invalid_page", "The page token is not valid."
+                )
+                return status, payload, None
+            start = ids.index(query.page) + 1
+        page = events[start : start + query.limit]
+        next_url = None
+        if start + query.limit < len(events):
+            kept = [(k, v) for k, v in pairs if k != "page"]
+            next_url = f"{EVENTS_PATH}?{urlencode([*kept, ('page', page[-1].id)])}"
+        return (
+            200,
+            orjson.dumps(
+                {
+                    "data": [e.body for e in page],
+                    "next_page_url": next_url,
+                    "previous_page_url": None,
+                }
+            ),
+            None,
+        )
+
+    # -- v1 customers -----------------------------------------------------------------------
+
+    def _v1_customers(
+        self, scope: Scope, method: str, path: str, body: bytes, now: float
+    ) -> Response:
+        """Create and retrieve customers; creating one turns customer checks on."""
+        if not _valid_key(_api_key(scope)):
+            status, payload = v1_error(401, "Invalid API Key provided.", code="api_key_invalid")
+            return status, payload, None
+        knobs = self.faults.knobs
+        if method == "POST" and path == CUSTOMERS_PATH:
+            params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+            customer_id = params.get("id") or f"cus_{secrets.token_hex(7)}"
+            if knobs.customers is not None and customer_id in knobs.customers:
+                status, payload = v1_error(
+                    400,
+                    f"Customer already exists: '{customer_id}'",
+                    code="resource_already_exists",
+                    param="id",
+                )
+                return status, payload, None
+            self.faults.configure(customers=(knobs.customers or frozenset()) | {customer_id})
+            customer = {
+                "id": customer_id,
+                "object": "customer",
+                "created": int(now),
+                "email": params.get("email"),
+                "livemode": False,
+                "metadata": {},
+                "name": params.get("name"),
+            }
+            self.state.customer_objects[customer_id] = customer
+            return 200, orjson.dumps(customer), None
+        customer_id = path[len(CUSTOMERS_PATH) :].strip("/")
+        if method == "GET" and customer_id and "/" not in customer_id:
+            if knobs.customers is None or customer_id in knobs.customers:
+                known = self.state.customer_objects.get(customer_id) or {
+                    "id": customer_id,
+                    "object": "customer",
+                    "created": 0,
+                    "email": None,
+                    "livemode": False,
+                    "metadata": {},
+                    "name": None,
+                }
+                return 200, orjson.dumps(known), None
+            status, payload = v1_error(
+                404, f"No such customer: '{customer_id}'", code="resource_missing", param="id"
+            )
+            return status, payload, None
+        status, payload = v1_error(404, f"Unrecognized request URL ({method}: {path}).")
+        return status, payload, None
 
     # -- v1 meters --------------------------------------------------------------------------
 
@@ -502,6 +584,7 @@ class EmulatorApp:
             "formula": params.get("default_aggregation[formula]", ""),
             "customer_key": params.get("customer_mapping[event_payload_key]", ""),
             "value_key": params.get("value_settings[event_payload_key]", ""),
+            "event_time_window": params.get("event_time_window", ""),
         }
         if not entry["display_name"]:
             raise _ParamError("Missing required param: display_name.", "display_name")
@@ -516,9 +599,12 @@ class EmulatorApp:
             meter: Meter = meter_from_mapping({k: v for k, v in entry.items() if v})
             meter = self.state.add_meter(meter, now)
         except MeterSpecError as exc:
-            raise _ParamError(
-                str(exc), "default_aggregation[formula]", "parameter_invalid"
-            ) from None
+            param = (
+                "event_time_window"
+                if "event_time_window" in str(exc)
+                else "default_aggregation[formula]"
+            )
+            raise _ParamError(str(exc), param, "parameter_invalid") from None
         except ValueError as exc:
             raise _ParamError(str(exc), "event_name", "parameter_invalid") from None
         return 200, orjson.dumps(meter.to_stripe()), None
@@ -591,6 +677,11 @@ class EmulatorApp:
             report["knobs"] = self.faults.knobs.to_json()
             report["faults_injected"] = dict(self.faults.injected)
             return 200, orjson.dumps(report), None
+        if name == "freshness" and method == "GET":
+            return 200, orjson.dumps(self.state.freshness()), None
+        if name == "freshness/reset" and method == "POST":
+            self.state.reset_freshness(now)
+            return 200, orjson.dumps(self.state.freshness()), None
         if name == "knobs" and method == "GET":
             return 200, orjson.dumps(self.faults.knobs.to_json()), None
         if name == "configure" and method == "POST":
@@ -652,33 +743,6 @@ class _ParamError(Exception):
         self.code = code
 
 
-def _created_in(created: str, params: dict[str, str]) -> bool:
-    """Whether ``created`` passes the ``created[gt|gte|lt|lte]`` filters (ISO 8601)."""
-    bounds = [(key, params.get(f"created[{key}]")) for key in ("gt", "gte", "lt", "lte")]
-    at = _iso(created)
-    for key, bound in bounds:
-        if bound is None:
-            continue
-        limit = _iso(bound)
-        if (
-            (key == "gt" and not at > limit)
-            or (key == "gte" and not at >= limit)
-            or (key == "lt" and not at < limit)
-            or (key == "lte" and not at <= limit)
-        ):
-            return False
-    return True
-
-
-def _iso(text: str) -> float:
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
-
-
 def _control_error(message: str) -> Response:
     return 400, orjson.dumps({"error": {"type": "invalid_request_error", "message": message}}), None
 
@@ -701,6 +765,56 @@ def _int_param(
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise _ParamError(f"{name} must be {bound}", name, "parameter_invalid_integer")
     return value
+
+
+@dataclass
+class _EventsQuery:
+    types: list[str]
+    object_id: str | None
+    created: dict[str, float]
+    limit: int
+    page: str | None
+
+
+_CREATED_PARAM = re.compile(r"created\[(gt|gte|lt|lte)\]")
+_TYPES_PARAM = re.compile(r"types(\[\d*\])?")
+
+
+def _events_query(pairs: list[tuple[str, str]]) -> _EventsQuery:
+    """``GET /v2/core/events`` parameters: ``types`` repeated (also ``types[]``,
+    ``types[0]``), ``created[gt|gte|lt|lte]`` (ISO 8601), ``object_id``, ``limit``, ``page``."""
+    query = _EventsQuery(
+        types=[], object_id=None, created={}, limit=DEFAULT_EVENTS_LIMIT, page=None
+    )
+    for name, value in pairs:
+        created = _CREATED_PARAM.fullmatch(name)
+        if _TYPES_PARAM.fullmatch(name):
+            query.types.append(value)
+        elif created:
+            moment = parse_timestamp(value)
+            if moment is None:
+                raise _ParamError(
+                    f"{name} must be an ISO 8601 date-time with an offset, e.g. "
+                    "2024-06-01T12:00:00.000Z",
+                    name,
+                    "invalid_timestamp",
+                )
+            query.created[created.group(1)] = moment
+        elif name == "object_id":
+            query.object_id = value
+        elif name == "limit":
+            query.limit = _int_param({name: value}, name, None, 1, MAX_EVENTS_LIMIT)
+        elif name == "page":
+            query.page = value
+        else:
+            raise _ParamError(f"unknown parameter: {name}", name, "parameter_unknown")
+    if len(query.types) > MAX_EVENT_TYPES:
+        raise _ParamError(
+            f"types names {len(query.types)} event types; at most {MAX_EVENT_TYPES} are allowed",
+            "types",
+            "parameter_invalid",
+        )
+    return query
 
 
 def _page(objects: list[dict[str, Any]], params: dict[str, str], limit: int, url: str) -> bytes:

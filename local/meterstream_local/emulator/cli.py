@@ -59,22 +59,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--meter",
         action="append",
         default=[],
-        metavar="EVENT[:FORMULA[:CUSTOMER_KEY[:VALUE_KEY]]]",
+        metavar="EVENT[:FORMULA[:CUSTOMER_KEY[:VALUE_KEY[:WINDOW]]]]",
         help="declare a meter (repeatable); formula sum|count|last, keys default to "
-        "stripe_customer_id and value",
+        "stripe_customer_id and value; WINDOW hour|day sets event_time_window (only the most "
+        "recent event per customer per window counts)",
     )
     meters.add_argument(
         "--meters-file",
         metavar="PATH",
         help="declare meters from a YAML/JSON file (a list, or {meters: [...]}, entries with "
-        "event_name, formula, customer_key, value_key, display_name, status)",
+        "event_name, formula, customer_key, value_key, display_name, status, "
+        "event_time_window)",
     )
     meters.add_argument(
         "--no-auto-meters",
         dest="auto_meters",
         action="store_false",
-        help="refuse events whose event_name has no meter (400 no_meter) instead of creating "
+        help="accept events whose event_name has no meter with 200 and drop them (reported as "
+        "v1.billing.meter.no_meter_found, code no_meter), as Stripe does, instead of creating "
         "a sum meter on first use",
+    )
+    validation = parser.add_argument_group(
+        "validation after the 200 (dropped events are reported on GET /v2/core/events)"
+    )
+    validation.add_argument(
+        "--validation-delay",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="validation window: what accepted events dropped is reported this long after "
+        "the window opened (default %(default)g; 0: at once)",
+    )
+    validation.add_argument(
+        "--sync-validation",
+        action="store_true",
+        help="refuse events that fail meter or customer validation with a 400 at once "
+        "(strict, not as Stripe does) instead of accepting and dropping them",
+    )
+    validation.add_argument(
+        "--customers",
+        metavar="CUS_A,CUS_B",
+        help="the customers that exist: events for any other are dropped as "
+        "meter_event_customer_not_found (default: every customer exists; POST /v1/customers "
+        "adds one)",
+    )
+    validation.add_argument(
+        "--drop-customers",
+        metavar="CUS_A,CUS_B",
+        help="accept these customers' events with 200, then drop them as "
+        "meter_event_customer_not_found (for reconciliation tests)",
     )
     faults = parser.add_argument_group(
         "faults (meter event endpoints only, unless --fault-scope says otherwise)"
@@ -140,6 +173,10 @@ def knobs_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "session_max_requests": args.session_max_requests,
         "session_expire_every": args.session_expire_every,
         "auto_meters": args.auto_meters,
+        "validation_delay_seconds": args.validation_delay,
+        "sync_validation": args.sync_validation,
+        "customers": args.customers,
+        "drop_customers": args.drop_customers,
         "latency_ms": args.latency_ms,
         "jitter_ms": args.jitter_ms,
         "error_rate": args.error_rate,
@@ -197,7 +234,8 @@ def main(args: argparse.Namespace) -> int:
         print(
             f"meterstream emulator stopped: {stats['requests']['total']} requests, "
             f"{events['accepted']} events accepted, {events['duplicates']} duplicates, "
-            f"{events['rejected']} rejected, {stats['sessions']['created']} sessions",
+            f"{events['rejected']} rejected, {events['dropped']} dropped after validation, "
+            f"{stats['sessions']['created']} sessions",
             flush=True,
         )
         return 0

@@ -76,6 +76,16 @@ class EmulatorClient:
         meter = self.stats()["meters"].get(event_name)
         return dict(meter["customers"]) if meter else {}
 
+    def freshness(self) -> dict[str, Any]:
+        """Accepted wall time minus event timestamp since the last reset: p50/p90/p99/max
+        and a cumulative histogram, in seconds."""
+        result: dict[str, Any] = self._call("GET", "freshness")
+        return result
+
+    def reset_freshness(self) -> None:
+        """Start the freshness measurement again (after a warm-up, say)."""
+        self._call("POST", "freshness/reset")
+
     def knobs(self) -> dict[str, Any]:
         """The knobs in force."""
         result: dict[str, Any] = self._call("GET", "knobs")

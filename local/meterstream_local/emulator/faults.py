@@ -23,6 +23,8 @@ FaultScope = Literal["stream", "meter_events", "all"]
 FAULT_SCOPES: tuple[FaultScope, ...] = get_args(FaultScope)
 #: Stripe's meter event session token lifetime (15 minutes).
 DEFAULT_SESSION_TTL_SECONDS = 900.0
+#: Stripe validates accepted events within seconds; the emulator's window by default.
+DEFAULT_VALIDATION_DELAY_SECONDS = 1.0
 
 
 class KnobError(ValueError):
@@ -112,10 +114,16 @@ class Knobs:
     session_expire_every: int | None = None
     #: Create a ``sum`` meter with Stripe's default keys for an unknown event name.
     auto_meters: bool = True
-    #: Customers that do not exist: their events are accepted with 200, then dropped and
-    #: reported as ``meter_event_customer_not_found`` on ``GET /v2/core/events``, as Stripe
-    #: validates asynchronously.
-    drop_customers: tuple[str, ...] = ()
+    #: Seconds after which an accepted event's validation window closes and what it
+    #: dropped is reported (0: at once, still only through the error reports).
+    validation_delay_seconds: float = DEFAULT_VALIDATION_DELAY_SECONDS
+    #: Refuse events that fail meter/customer validation with a 400 at once, instead of
+    #: accepting them and dropping them later (the emulator's old strict behaviour).
+    sync_validation: bool = False
+    #: The customers that exist (None: every customer exists, no check).
+    customers: frozenset[str] | None = None
+    #: Customers whose events are accepted and then dropped as not found.
+    drop_customers: frozenset[str] = frozenset()
     #: Which endpoints faults apply to (see ``FAULT_SCOPES``).
     fault_scope: FaultScope = "meter_events"
     #: Shifts the emulator's clock (sessions, timestamp window, dedupe): no sleeping in tests.
@@ -147,6 +155,7 @@ class Knobs:
                 self.session_expire_every is None or self.session_expire_every >= 1,
                 "session_expire_every must be >= 1 (or null)",
             ),
+            (self.validation_delay_seconds >= 0, "validation_delay_seconds must be >= 0"),
             (self.fault_scope in FAULT_SCOPES, f"fault_scope must be one of {FAULT_SCOPES}"),
         ]
         for ok, message in checks:
@@ -170,7 +179,8 @@ class Knobs:
         """The knobs as plain JSON values (the schedule as rule strings)."""
         data = dataclasses.asdict(self)
         data["failures"] = [str(rule) for rule in self.failures]
-        data["drop_customers"] = list(self.drop_customers)
+        data["customers"] = None if self.customers is None else sorted(self.customers)
+        data["drop_customers"] = sorted(self.drop_customers)
         return data
 
 
@@ -184,20 +194,18 @@ _FLOAT_KNOBS = {
     "events_per_second",
     "session_ttl_seconds",
     "clock_offset_seconds",
+    "validation_delay_seconds",
 }
 _INT_KNOBS = {"outage_status", "session_max_requests", "session_expire_every", "seed"}
-_BOOL_KNOBS = {"outage", "auto_meters"}
+_BOOL_KNOBS = {"outage", "auto_meters", "sync_validation"}
+_CUSTOMER_SET_KNOBS = {"customers", "drop_customers"}
 
 
 def _coerce(name: str, value: Any, current: Any) -> Any:
     if name == "failures":
         return parse_schedule(value)
-    if name == "drop_customers":
-        if isinstance(value, str):
-            value = [part for part in value.split(",") if part.strip()]
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise KnobError("drop_customers: expected a list of customer ids")
-        return tuple(v.strip() for v in value)
+    if name in _CUSTOMER_SET_KNOBS:
+        return parse_customers(name, value)
     if value is None:
         if name in {
             "requests_per_second",
@@ -229,6 +237,21 @@ def _coerce(name: str, value: Any, current: Any) -> Any:
     if name == "fault_scope" and value not in FAULT_SCOPES:
         raise KnobError(f"fault_scope must be one of {', '.join(FAULT_SCOPES)}")
     return value
+
+
+def parse_customers(name: str, value: Any) -> frozenset[str] | None:
+    """Customer ids from "cus_a,cus_b", a list, or None ("customers" only: no check)."""
+    if value is None:
+        if name == "customers":
+            return None
+        return frozenset()
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple | set | frozenset) or not all(
+        isinstance(item, str) and item for item in value
+    ):
+        raise KnobError(f"{name}: expected customer ids (a list or 'cus_a,cus_b'), not {value!r}")
+    return frozenset(value)
 
 
 @dataclass(frozen=True)

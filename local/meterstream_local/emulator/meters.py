@@ -17,6 +17,9 @@ from typing import Any, Literal, cast
 
 Formula = Literal["sum", "count", "last"]
 FORMULAS: tuple[Formula, ...] = ("sum", "count", "last")
+TimeWindow = Literal["hour", "day"]
+#: ``event_time_window`` -> its length: Stripe keeps one event per customer per window.
+WINDOW_SECONDS: dict[str, int] = {"hour": 3_600, "day": 86_400}
 #: Stripe's default payload keys for a meter's customer and value.
 DEFAULT_CUSTOMER_KEY = "stripe_customer_id"
 DEFAULT_VALUE_KEY = "value"
@@ -38,6 +41,9 @@ class Meter:
     value_key: str = DEFAULT_VALUE_KEY
     display_name: str = ""
     active: bool = True
+    #: ``hour``/``day``: events are pre-aggregated by the sender, and Stripe keeps only the
+    #: most recent one per customer per window. None: every event counts.
+    event_time_window: TimeWindow | None = None
     created: int = 0
     updated: int = 0
     id: str = field(default="")
@@ -53,6 +59,11 @@ class Meter:
             raise MeterSpecError(
                 f"meter {self.event_name!r}: formula must be one of {', '.join(FORMULAS)}, "
                 f"not {self.formula!r}"
+            )
+        if self.event_time_window is not None and self.event_time_window not in WINDOW_SECONDS:
+            raise MeterSpecError(
+                f"meter {self.event_name!r}: event_time_window must be hour or day, "
+                f"not {self.event_time_window!r}"
             )
         for what, key in (("customer key", self.customer_key), ("value key", self.value_key)):
             if not isinstance(key, str) or not key:
@@ -78,7 +89,7 @@ class Meter:
             "default_aggregation": {"formula": self.formula},
             "display_name": self.display_name,
             "event_name": self.event_name,
-            "event_time_window": None,
+            "event_time_window": self.event_time_window,
             "livemode": False,
             "status": "active" if self.active else "inactive",
             "status_transitions": {"deactivated_at": None if self.active else self.updated},
@@ -94,19 +105,21 @@ def meter_id(event_name: str) -> str:
 
 
 def parse_meter_spec(spec: str) -> Meter:
-    """``event_name[:formula[:customer_key[:value_key]]]``; empty parts take the defaults."""
+    """``event_name[:formula[:customer_key[:value_key[:event_time_window]]]]``; empty parts
+    take the defaults."""
     parts = spec.split(":")
-    if len(parts) > 4:
+    if len(parts) > 5:
         raise MeterSpecError(
-            f"--meter {spec!r}: expected event_name[:formula[:customer_key[:value_key]]]"
+            f"--meter {spec!r}: expected event_name[:formula[:customer_key[:value_key[:hour|day]]]]"
         )
-    parts += [""] * (4 - len(parts))
-    name, formula, customer_key, value_key = (part.strip() for part in parts)
+    parts += [""] * (5 - len(parts))
+    name, formula, customer_key, value_key, window = (part.strip() for part in parts)
     return Meter(
         event_name=name,
         formula=cast(Formula, formula or "sum"),
         customer_key=customer_key or DEFAULT_CUSTOMER_KEY,
         value_key=value_key or DEFAULT_VALUE_KEY,
+        event_time_window=cast(TimeWindow, window) if window else None,
     )
 
 
@@ -124,6 +137,7 @@ def meter_from_mapping(item: Mapping[str, Any]) -> Meter:
         "default_aggregation",
         "customer_mapping",
         "value_settings",
+        "event_time_window",
     }
     unknown = sorted(set(item) - known)
     if unknown:
@@ -148,6 +162,7 @@ def meter_from_mapping(item: Mapping[str, Any]) -> Meter:
         or DEFAULT_VALUE_KEY,
         display_name=item.get("display_name") or "",
         active=status == "active",
+        event_time_window=item.get("event_time_window") or None,
     )
 
 

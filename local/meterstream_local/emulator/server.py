@@ -193,6 +193,14 @@ class EmulatorServer:
         """Forget sessions, events and counters (and restore the start-up knobs)."""
         self.app.reset(keep_knobs=keep_knobs)
 
+    def freshness(self) -> dict[str, Any]:
+        """The same report as ``GET /_emulator/freshness``."""
+        return self.state.freshness()
+
+    def reset_freshness(self) -> None:
+        """Start the freshness measurement again."""
+        self.state.reset_freshness(self.app.now())
+
     def stats(self) -> dict[str, Any]:
         """The same report as ``GET /_emulator/stats``."""
         report = self.state.stats(self.app.now())

@@ -15,17 +15,20 @@ One lock guards it all: the server's event loop mutates, test threads read.
 
 from __future__ import annotations
 
+import bisect
+import math
 import secrets
 import threading
 import time
 from array import array
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any, Literal
 
-from meterstream_local.emulator.meters import Meter
+from meterstream_local.emulator.clock import rfc3339
+from meterstream_local.emulator.meters import WINDOW_SECONDS, Meter
+from meterstream_local.emulator.reports import DroppedEvent, ErrorReports, ThinEvent
 from meterstream_local.emulator.validation import CheckedEvent
 
 #: Stripe deduplicates identifiers over a rolling 24 hours.
@@ -37,16 +40,12 @@ CANCEL_WINDOW_SECONDS = 86_400.0
 SESSION_RETENTION_SECONDS = 3_600.0
 #: Prune forgotten sessions once this many exist (keeps session creation O(1) amortised).
 SESSION_PRUNE_THRESHOLD = 1_000
+#: Upper bounds (seconds) of the freshness histogram's cumulative buckets.
+FRESHNESS_BUCKETS_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86_400)
 #: Compact the dedupe log's columns once this many pruned slots sit at their front.
 LOG_COMPACT_MIN = 65_536
 
 SessionCheck = Literal["ok", "expired"]
-
-
-def rfc3339(epoch: float) -> str:
-    """``2024-06-01T12:00:00.000Z``: Stripe's v2 timestamp format (milliseconds, UTC)."""
-    moment = datetime.fromtimestamp(epoch, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 @dataclass
@@ -79,13 +78,52 @@ class Series:
     rare, while every accepted event would pay for running totals.
     """
 
-    __slots__ = ("customer", "event_name", "minutes")
+    __slots__ = ("customer", "event_name", "latest", "minutes", "window_seconds")
 
-    def __init__(self, event_name: str, customer: str) -> None:
+    def __init__(self, event_name: str, customer: str, window_seconds: int = 0) -> None:
         self.event_name = event_name
         self.customer = customer
+        #: A meter with an ``event_time_window``: its length in seconds (0: none), and the
+        #: one event kept per window: window number -> (timestamp, value).
+        self.window_seconds = window_seconds
+        self.latest: dict[int, tuple[float, int]] = {}
         #: minute (epoch // 60) -> [sum, count, last timestamp, last value]
         self.minutes: dict[int, list[Any]] = {}
+
+    def keep_latest(self, stamp: float, value: int) -> None:
+        """Keep only the most recent event of its window (by timestamp; ties: this one,
+        the later received), as Stripe does for meters with an ``event_time_window``."""
+        key = int(stamp // self.window_seconds)
+        current = self.latest.get(key)
+        if current is not None:
+            if stamp < current[0]:
+                return  # an older event than the one kept: it changes nothing
+            self._remove(*current)
+        self.latest[key] = (stamp, value)
+        minute = int(stamp // 60)
+        bucket = self.minutes.get(minute)
+        if bucket is None:
+            self.minutes[minute] = [value, 1, stamp, value]
+        else:  # cannot happen (one event per window), kept for safety
+            bucket[0] += value
+            bucket[1] += 1
+            if stamp >= bucket[2]:
+                bucket[2], bucket[3] = stamp, value
+
+    def cancel_latest(self, stamp: float, value: int) -> None:
+        """Cancel an event of a windowed meter: if it is the one kept, its window empties."""
+        key = int(stamp // self.window_seconds)
+        if self.latest.get(key) == (stamp, value):
+            del self.latest[key]
+            self._remove(stamp, value)
+
+    def _remove(self, stamp: float, value: int) -> None:
+        minute = int(stamp // 60)
+        bucket = self.minutes[minute]
+        bucket[0] -= value
+        bucket[1] -= 1
+        if bucket[1] <= 0:
+            del self.minutes[minute]
 
     def total(self) -> dict[str, int]:
         """{"sum", "count", "last"} over every bucket."""
@@ -127,6 +165,10 @@ class EmulatorState:
         self._start = 0  # first live slot
         self._batches: deque[tuple[float, int]] = deque()
         self.events_accepted = 0
+        self.reports = ErrorReports()
+        self._clear_freshness(now)
+        #: Customers created with ``POST /v1/customers``: id -> Stripe's customer object.
+        self.customer_objects: dict[str, dict[str, Any]] = {}
         #: Monotonic times of the first and last accepted event (benchmarks time the span).
         self._first_accept: float | None = None
         self._last_accept: float | None = None
@@ -140,10 +182,65 @@ class EmulatorState:
         self.stream_requests_seen = 0
         self.requests_by_status: dict[int, int] = {}
         self.requests_by_endpoint: dict[str, int] = {}
-        #: Thin events of ``GET /v2/core/events`` (error reports), oldest first.
-        self.core_events: list[dict[str, Any]] = []
-        #: Events accepted with 200 and then dropped by validation, per error code.
-        self.events_dropped: dict[str, int] = {}
+
+    def _clear_freshness(self, now: float) -> None:
+        # Acceptance stamps: per accepted event its lag (accepted wall time minus event
+        # timestamp); per request that accepted any, its monotonic and wall acceptance
+        # time and the number of lags recorded through it (event i belongs to the first
+        # request whose count exceeds i).
+        self._lags = array("d")
+        self._accepted_monotonic = array("d")
+        self._accepted_wall = array("d")
+        self._accepted_through = array("q")
+        self._freshness_since = now
+
+    def reset_freshness(self, now: float) -> None:
+        """Start the freshness measurement again (forget every acceptance stamp)."""
+        with self._lock:
+            self._clear_freshness(now)
+
+    def freshness(self) -> dict[str, Any]:
+        """The distribution of (accepted wall time - event timestamp) since the last reset:
+        percentiles, max and a cumulative histogram, in seconds."""
+        with self._lock:
+            lags = sorted(self._lags)
+            first = self._accepted_monotonic[0] if self._accepted_monotonic else None
+            last = self._accepted_monotonic[-1] if self._accepted_monotonic else None
+            first_wall = self._accepted_wall[0] if self._accepted_wall else None
+            last_wall = self._accepted_wall[-1] if self._accepted_wall else None
+            requests = len(self._accepted_monotonic)
+            since = self._freshness_since
+        count = len(lags)
+
+        def rank(fraction: float) -> float | None:
+            if not lags:
+                return None
+            return lags[min(count - 1, max(0, math.ceil(fraction * count) - 1))]
+
+        histogram: list[dict[str, Any]] = [
+            {"le": bound, "count": bisect.bisect_right(lags, bound)}
+            for bound in FRESHNESS_BUCKETS_SECONDS
+        ]
+        histogram.append({"le": "+Inf", "count": count})
+        return {
+            "since": rfc3339(since),
+            "events": count,
+            "requests": requests,
+            "seconds": {
+                "p50": rank(0.50),
+                "p90": rank(0.90),
+                "p99": rank(0.99),
+                "max": lags[-1] if lags else None,
+                "min": lags[0] if lags else None,
+                "mean": sum(lags) / count if lags else None,
+            },
+            "histogram": histogram,
+            "accepted_monotonic": {"first": first, "last": last},
+            "accepted_wall": {
+                "first": rfc3339(first_wall) if first_wall is not None else None,
+                "last": rfc3339(last_wall) if last_wall is not None else None,
+            },
+        }
 
     def reset(self, now: float) -> None:
         """Forget everything accepted; keep the declared meters (new creation time)."""
@@ -244,17 +341,28 @@ class EmulatorState:
 
     # -- events ------------------------------------------------------------------------------
 
-    def accept(self, events: list[CheckedEvent], now: float) -> tuple[int, int]:
-        """Record checked events; returns (newly accepted, duplicates)."""
+    def accept(
+        self,
+        events: list[CheckedEvent],
+        now: float,
+        dropped: Sequence[DroppedEvent] = (),
+        *,
+        validation_delay: float = 0.0,
+    ) -> tuple[int, int]:
+        """Record checked events, and queue the dropped ones for an error report once
+        ``validation_delay`` has passed; returns (newly accepted, duplicates)."""
         accepted = duplicates = 0
         with self._lock:
             self._prune(now)
+            if dropped:
+                self._queue_dropped(dropped, now, validation_delay)
             meters = self.meters
             series_by_meter = self._series
             seen = self._seen
             ids = self._ids
             logged_before = len(ids)
             seq = self._base + logged_before
+            lags_append = self._lags.append
             ids_append = ids.append
             log_series_append = self._log_series.append
             values_append = self._log_values.append
@@ -280,8 +388,21 @@ class EmulatorState:
                 if customer != last_customer or series is None:
                     series = by_customer.get(customer)
                     if series is None:
-                        series = by_customer[customer] = Series(name, customer)
+                        window = meters[name].event_time_window if name in meters else None
+                        series = by_customer[customer] = Series(
+                            name, customer, WINDOW_SECONDS.get(window or "", 0)
+                        )
                     last_customer = customer
+                if series.window_seconds:
+                    series.keep_latest(stamp, value)
+                    if identifier is not None:
+                        ids_append(identifier)
+                        log_series_append(series)
+                        values_append(value)
+                        stamps_append(stamp)
+                    lags_append(now - stamp)
+                    accepted += 1
+                    continue
                 minute = int(stamp // 60)
                 bucket = series.minutes.get(minute)
                 if bucket is None:
@@ -297,6 +418,7 @@ class EmulatorState:
                     log_series_append(series)
                     values_append(value)
                     stamps_append(stamp)
+                lags_append(now - stamp)
                 accepted += 1
             if len(ids) != logged_before:
                 self._batches.append((now, self._base + len(ids)))
@@ -305,63 +427,19 @@ class EmulatorState:
                 self._last_accept = time.monotonic()
                 if self._first_accept is None:
                     self._first_accept = self._last_accept
+                self._accepted_monotonic.append(self._last_accept)
+                self._accepted_wall.append(now)
+                self._accepted_through.append(len(self._lags))
             self.duplicates += duplicates
         return accepted, duplicates
 
-    def drop(self, events: list[CheckedEvent], code: str, message: str, now: float) -> None:
-        """Events accepted with 200 that validation then drops: left out of every total,
-        reported as one ``v1.billing.meter.error_report_triggered`` per meter."""
-        by_meter: dict[str, list[CheckedEvent]] = {}
-        for event in events:
-            by_meter.setdefault(event[0], []).append(event)
-        with self._lock:
-            self.events_dropped[code] = self.events_dropped.get(code, 0) + len(events)
-            for name, dropped in by_meter.items():
-                meter = self.meters.get(name)
-                samples = [
-                    {
-                        "error_message": message.format(customer=customer),
-                        "request": {"identifier": identifier},
-                    }
-                    for _name, customer, _value, _stamp, identifier in dropped[:3]
-                ]
-                meter_id = meter.id if meter is not None else None
-                stamp = rfc3339(now)
-                self.core_events.append(
-                    {
-                        "id": f"evt_{secrets.token_hex(12)}",
-                        "object": "v2.core.event",
-                        "type": "v1.billing.meter.error_report_triggered",
-                        "created": stamp,
-                        "livemode": False,
-                        "context": None,
-                        "reason": None,
-                        "related_object": (
-                            {
-                                "id": meter_id,
-                                "type": "billing.meter",
-                                "url": f"/v1/billing/meters/{meter_id}",
-                            }
-                            if meter_id
-                            else None
-                        ),
-                        "data": {
-                            "developer_message_summary": f"{len(dropped)} events dropped",
-                            "validation_start": stamp,
-                            "validation_end": stamp,
-                            "reason": {
-                                "error_count": len(dropped),
-                                "error_types": [
-                                    {
-                                        "code": code,
-                                        "error_count": len(dropped),
-                                        "sample_errors": samples,
-                                    }
-                                ],
-                            },
-                        },
-                    }
-                )
+    def _queue_dropped(self, dropped: Sequence[DroppedEvent], now: float, delay: float) -> None:
+        meters = self.meters
+        for _, code, _, _, name, _ in dropped:
+            if code != "no_meter" and name not in meters:  # auto_meters let the name through
+                meters[name] = Meter(event_name=name).stamped(int(now))
+        ids = {name: (meters[name].id if name in meters else None) for *_, name, _ in dropped}
+        self.reports.add(dropped, ids, now=now, delay=delay)
 
     def _prune(self, now: float) -> None:
         """Drop identifiers accepted more than 24 hours ago (called with the lock held)."""
@@ -413,6 +491,10 @@ class EmulatorState:
             self._log_series[slot] = None
             stamp = self._log_stamps[slot]
             value = self._log_values[slot]
+            if series.window_seconds:
+                series.cancel_latest(stamp, value)
+                self.events_canceled += 1
+                return None
             minute = int(stamp // 60)
             bucket = series.minutes[minute]
             bucket[0] -= value
@@ -481,6 +563,25 @@ class EmulatorState:
                 if event_name is None or name == event_name
             }
 
+    def thin_events(self, now: float, **filters: Any) -> list[ThinEvent]:
+        """Error reports whose validation window has closed, newest first (see
+        ``ErrorReports.select`` for the filters)."""
+        with self._lock:
+            self.reports.flush(now)
+            return self.reports.select(now, **filters)
+
+    def thin_event(self, event_id: str, now: float) -> ThinEvent | None:
+        """One reported thin event by id, or None."""
+        with self._lock:
+            self.reports.flush(now)
+            return self.reports.by_id.get(event_id)
+
+    def dropped(self, now: float) -> dict[str, int]:
+        """Dropped events reported so far, by code."""
+        with self._lock:
+            self.reports.flush(now)
+            return dict(sorted(self.reports.dropped_by_code.items()))
+
     def record_request(self, endpoint: str, status: int) -> None:
         """Count one answered Stripe request (the loop thread only; reads copy the dicts)."""
         self.requests_by_status[status] = self.requests_by_status.get(status, 0) + 1
@@ -499,9 +600,12 @@ class EmulatorState:
         rejected_events = self.events_rejected.copy()
         rejected_requests = self.requests_rejected.copy()
         totals = self.totals()
+        dropped = self.dropped(now)
         with self._lock:
             meters = [m.to_stripe() for m in self.meters.values()]
             tracked = len(self._seen)
+            pending = len(self.reports.pending)
+            reports = len(self.reports.events)
         return {
             "requests": {
                 "total": sum(by_status.values()),
@@ -514,8 +618,12 @@ class EmulatorState:
                 "canceled": self.events_canceled,
                 "rejected": sum(rejected_events.values()),
                 "rejected_by_code": dict(sorted(rejected_events.items())),
-                "dropped_by_code": dict(sorted(self.events_dropped.items())),
                 "rejected_requests_by_code": dict(sorted(rejected_requests.items())),
+                # Accepted with a 200, then dropped by validation (reported as thin events).
+                "dropped": sum(dropped.values()),
+                "dropped_by_code": dropped,
+                "awaiting_validation": pending,
+                "error_reports": reports,
                 "identifiers_tracked": tracked,
                 # From the first accepted event to the last: a rate without start-up time.
                 "accepting_seconds": (

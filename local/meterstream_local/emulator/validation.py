@@ -1,11 +1,13 @@
 """The contract checks of ``POST /v2/billing/meter_event_stream``, as plain Python.
 
-Real Stripe validates most of an event asynchronously (an accepted request can still hold
-events that later surface as ``v1.billing.meter.error_report_triggered``); the emulator
-refuses them synchronously instead, so tests see the problem at once: any invalid event
-makes the whole request a 400 (the connector splits batches to find the culprit). The
-error codes are the ones Stripe reports for those events (``no_meter``,
-``meter_event_invalid_value``, ``timestamp_too_far_in_past``, ...).
+Two kinds of checks, as with Stripe. A malformed request or event (shape, types, lengths,
+identifier, timestamp window) refuses the whole request with a 400 (the connector splits
+batches to find the culprit). A well-formed event is accepted with the request's 200 and
+then validated against its meter and customer: ``no_meter``, ``archived_meter``,
+``meter_event_no_customer_defined``, ``meter_event_invalid_value``,
+``meter_event_value_too_many_digits``, ``meter_event_customer_not_found``. Those events
+are dropped and reported later as thin events (see ``reports``); with the
+``sync_validation`` knob they refuse the request instead, as the emulator once did.
 
 This runs for every event the connector's benchmark sends, so it is one flat loop with
 no per-event function calls beyond the C-implemented ones.
@@ -13,12 +15,13 @@ no per-event function calls beyond the C-implemented ones.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from meterstream_local.emulator.meters import DEFAULT_CUSTOMER_KEY, DEFAULT_VALUE_KEY, Meter
+from meterstream_local.emulator.reports import DroppedEvent
 
 #: Stripe accepts 1..100 events per stream request.
 MAX_EVENTS_PER_REQUEST = 100
@@ -71,8 +74,19 @@ def check_events(
     *,
     auto_meters: bool,
     now: float,
-) -> list[CheckedEvent]:
-    """The events of a stream request body, checked; raises ``RequestRejected``."""
+    customers: Container[str] | None = None,
+    drop_customers: Container[str] = frozenset(),
+    sync: bool = False,
+) -> tuple[list[CheckedEvent], list[DroppedEvent]]:
+    """The events of a stream request body: (accepted, dropped); raises ``RequestRejected``.
+
+    A malformed request or event (shape, types, lengths, timestamp) refuses the whole
+    request with a 400. What Stripe checks against the meter and the customer after the
+    200 (``no_meter``, ``archived_meter``, customer and value keys, unknown customers)
+    drops the event instead; with ``sync`` it refuses the request too (the strict mode).
+    ``customers`` None means every customer exists; ``drop_customers`` are treated as
+    unknown whatever ``customers`` says.
+    """
     if not isinstance(body, dict):
         raise RequestRejected("invalid_request", "the request body must be a JSON object")
     events = body.get("events")
@@ -101,9 +115,12 @@ def check_events(
     checked: list[CheckedEvent] = []
     append = checked.append
     problems: list[tuple[int, str, str, str]] = []  # (index, code, param, message)
+    dropped: list[DroppedEvent] = []
     meters_get = meters.get
-    # event_name -> (customer key, value key, value required): one meter lookup per name.
-    known: dict[str, tuple[str, str, bool]] = {}
+    check_customers = customers is not None or bool(drop_customers)
+    # event_name -> (customer key, value key, value checked, meter problem or None): one
+    # meter lookup per name.
+    known: dict[str, tuple[str, str, bool, tuple[str, str, str] | None]] = {}
     fromisoformat = datetime.fromisoformat
 
     for index, event in enumerate(events):
@@ -131,26 +148,26 @@ def check_events(
                 continue
             meter = meters_get(name)
             if meter is None:
-                if not auto_meters:
-                    problems.append(
-                        (
-                            index,
-                            "no_meter",
-                            "event_name",
-                            f"no active meter for event_name {name!r}",
-                        )
+                if auto_meters:
+                    keys = (DEFAULT_CUSTOMER_KEY, DEFAULT_VALUE_KEY, True, None)
+                else:
+                    keys = (
+                        DEFAULT_CUSTOMER_KEY,
+                        DEFAULT_VALUE_KEY,
+                        False,
+                        ("no_meter", "event_name", f"no active meter for event_name {name!r}"),
                     )
-                    continue
-                keys = (DEFAULT_CUSTOMER_KEY, DEFAULT_VALUE_KEY, True)
             elif not meter.active:
-                problems.append(
-                    (index, "archived_meter", "event_name", f"the meter for {name!r} is inactive")
+                keys = (
+                    meter.customer_key,
+                    meter.value_key,
+                    False,
+                    ("archived_meter", "event_name", f"the meter for {name!r} is inactive"),
                 )
-                continue
             else:
-                keys = (meter.customer_key, meter.value_key, meter.formula != "count")
+                keys = (meter.customer_key, meter.value_key, meter.formula != "count", None)
             known[name] = keys
-        customer_key, value_key, needs_value = keys
+        customer_key, value_key, check_value, meter_problem = keys
 
         payload = event.get("payload")
         if type(payload) is not dict:
@@ -174,27 +191,6 @@ def check_events(
                 )
             )
             continue
-        customer = payload.get(customer_key)
-        if not customer:
-            problems.append(
-                (
-                    index,
-                    "meter_event_no_customer_defined",
-                    f"payload.{customer_key}",
-                    f"payload has no customer under {customer_key!r}",
-                )
-            )
-            continue
-
-        raw = payload.get(value_key)
-        if raw is not None and raw.isdigit() and raw.isascii() and len(raw) <= MAX_VALUE_DIGITS:
-            value = int(raw)  # the common case: a plain non-negative whole number
-        else:
-            result = _unusual_value(raw, value_key, needs_value)
-            if isinstance(result, tuple):
-                problems.append((index, *result))
-                continue
-            value = result
 
         stamp = event.get("timestamp")
         if stamp is None:
@@ -261,22 +257,60 @@ def check_events(
             problems.append((index, *_field_problem(event)))
             continue
 
+        # The event is well-formed; what follows is what Stripe checks after the 200.
+        problem: tuple[str, str, str] | None = meter_problem
+        customer = payload.get(customer_key) or ""
+        value = 0
+        if problem is None:
+            raw = payload.get(value_key)
+            if not customer:
+                problem = (
+                    "meter_event_no_customer_defined",
+                    f"payload.{customer_key}",
+                    f"payload has no customer under {customer_key!r}",
+                )
+            elif (
+                raw is not None and raw.isdigit() and raw.isascii() and len(raw) <= MAX_VALUE_DIGITS
+            ):
+                value = int(raw)  # the common case: a plain non-negative whole number
+            elif check_value:
+                result = _unusual_value(raw, value_key)
+                if isinstance(result, tuple):
+                    problem = result
+                else:
+                    value = result
+            if (
+                problem is None
+                and check_customers
+                and (
+                    customer in drop_customers
+                    or (customers is not None and customer not in customers)
+                )
+            ):
+                problem = (
+                    "meter_event_customer_not_found",
+                    f"payload.{customer_key}",
+                    f"no customer {customer!r}",
+                )
+        if problem is not None:
+            if sync:
+                problems.append((index, *problem))
+            else:
+                dropped.append((index, *problem, name, identifier))
+            continue
+
         append((name, customer, value, moment, identifier))
 
     if problems:
         raise _rejection(problems)
-    return checked
+    return checked, dropped
 
 
-def _unusual_value(
-    raw: str | None, value_key: str, needs_value: bool
-) -> int | tuple[str, str, str]:
+def _unusual_value(raw: str | None, value_key: str) -> int | tuple[str, str, str]:
     """The value when it is absent, negative or long; or (code, param, message)."""
     param = f"payload.{value_key}"
     if raw is None:
-        if needs_value:
-            return ("meter_event_invalid_value", param, f"payload has no value under {value_key!r}")
-        return 0
+        return ("meter_event_invalid_value", param, f"payload has no value under {value_key!r}")
     # Negative values are allowed: Stripe documents them for correcting usage.
     digits = raw[1:] if raw[:1] == "-" else raw
     if not (digits.isdigit() and digits.isascii()):
