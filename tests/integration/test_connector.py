@@ -203,7 +203,8 @@ def test_a_batch_stripe_rejects_dead_letters_only_the_events_at_fault(
 ) -> None:
     # The emulator knows this meter's payload keys; the connector sends the default keys
     # for event "tokens_custom", so Stripe (the emulator) rejects those events only.
-    world = world_factory(partitions=1)
+    # The emulator refuses these with 400, as it did before validating after the 200.
+    world = world_factory(partitions=1, sync_validation=True)
     world.emulator.configure(auto_meters=False)
     from meterstream_local.emulator.meters import Meter
 

@@ -269,7 +269,8 @@ def test_a_replay_killed_midway_and_run_again_bills_every_letter_once(
 def test_what_still_fails_goes_back_with_its_new_reason_unchanged_and_is_not_read_again(
     world_factory: Callable[..., World],  # noqa: F811
 ) -> None:
-    world = world_factory(partitions=1, auto_meters=False)
+    # Refusals answered with 400, so that they come back as rejected_by_stripe.
+    world = world_factory(partitions=1, auto_meters=False, sync_validation=True)
     create_meter(world.emulator.base_url, "api_requests")
     stamp = format_rfc3339_ms(time.time() - 60)
     records: list[tuple[int, bytes | None, bytes, list[tuple[str, bytes]], int | None]] = []

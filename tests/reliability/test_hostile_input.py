@@ -940,6 +940,7 @@ def test_a_batch_stripe_rejects_dead_letters_only_the_events_at_fault(
         partitions=4,
         meters=meters,
         auto_meters=False,
+        sync_validation=True,  # refusals answered with 400 (the split under test)
         latency_ms=5,
         error_rate=0.05,
         session_max_requests=7,
