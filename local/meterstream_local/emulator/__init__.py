@@ -3,8 +3,10 @@
 It serves both Stripe hosts (``api`` and ``meter_events``) on one port and follows
 ``docs/stripe-contract.md``: meter event sessions with expiry, the stream with its
 1..100-event limit and per-event checks, 24-hour identifier dedupe, ``Request-Id`` on
-every response, v2 and v1 error bodies, meters and event summaries, adjustments. Knobs
-inject latency, 500s, 429s, outages, rate limits and session expiry.
+every response, v2 and v1 error bodies, meters and event summaries, adjustments,
+customers, and validation after the 200 (dropped events reported as v2 thin events on
+``/v2/core/events``; see ``docs/emulator.md``). Knobs inject latency, 500s, 429s, outages,
+rate limits and session expiry.
 
     with EmulatorServer(latency_ms=5) as stripe:
         ...  # point the connector at stripe.base_url
@@ -12,7 +14,8 @@ inject latency, 500s, 429s, outages, rate limits and session expiry.
         assert stripe.state.totals("api_requests")["cus_1"]["sum"] == 25
 
 Modules: ``meters`` (meter declarations), ``validation`` (the contract checks),
-``faults`` (knobs), ``state`` (what was accepted), ``app`` (the ASGI app), ``server``
+``faults`` (knobs), ``state`` (what was accepted), ``reports`` (what was dropped, as thin
+events), ``clock`` (v2 timestamps), ``app`` (the ASGI app), ``server``
 (uvicorn in a thread), ``client`` (``/_emulator`` calls, the emulator as a subprocess),
 ``cli`` (``meterstream emulator``).
 """

@@ -258,52 +258,78 @@ def check_events(
             continue
 
         # The event is well-formed; what follows is what Stripe checks after the 200.
-        problem: tuple[str, str, str] | None = meter_problem
-        customer = payload.get(customer_key) or ""
-        value = 0
-        if problem is None:
-            raw = payload.get(value_key)
-            if not customer:
-                problem = (
-                    "meter_event_no_customer_defined",
-                    f"payload.{customer_key}",
-                    f"payload has no customer under {customer_key!r}",
-                )
-            elif (
-                raw is not None and raw.isdigit() and raw.isascii() and len(raw) <= MAX_VALUE_DIGITS
-            ):
-                value = int(raw)  # the common case: a plain non-negative whole number
-            elif check_value:
-                result = _unusual_value(raw, value_key)
-                if isinstance(result, tuple):
-                    problem = result
-                else:
-                    value = result
-            if (
-                problem is None
-                and check_customers
-                and (
-                    customer in drop_customers
-                    or (customers is not None and customer not in customers)
-                )
-            ):
-                problem = (
-                    "meter_event_customer_not_found",
-                    f"payload.{customer_key}",
-                    f"no customer {customer!r}",
-                )
-        if problem is not None:
-            if sync:
-                problems.append((index, *problem))
-            else:
-                dropped.append((index, *problem, name, identifier))
+        customer: str | None = payload.get(customer_key)
+        raw: str | None = payload.get(value_key)
+        if (
+            customer
+            and meter_problem is None
+            and not check_customers
+            and raw is not None
+            and raw.isdigit()
+            and raw.isascii()
+            and len(raw) <= MAX_VALUE_DIGITS
+        ):
+            # The common case: a known customer and a plain non-negative whole number.
+            append((name, customer, int(raw), moment, identifier))
             continue
-
-        append((name, customer, value, moment, identifier))
+        outcome = _meter_checks(
+            meter_problem,
+            customer,
+            raw,
+            customer_key=customer_key,
+            value_key=value_key,
+            check_value=check_value,
+            customers=customers,
+            drop_customers=drop_customers,
+        )
+        if isinstance(outcome, int):
+            append((name, customer or "", outcome, moment, identifier))
+        elif sync:
+            problems.append((index, *outcome))
+        else:
+            dropped.append((index, *outcome, name, identifier))
 
     if problems:
         raise _rejection(problems)
     return checked, dropped
+
+
+def _meter_checks(
+    meter_problem: tuple[str, str, str] | None,
+    customer: str | None,
+    raw: str | None,
+    *,
+    customer_key: str,
+    value_key: str,
+    check_value: bool,
+    customers: Container[str] | None,
+    drop_customers: Container[str],
+) -> int | tuple[str, str, str]:
+    """The value of a well-formed event, or why Stripe drops it (code, param, message)."""
+    if meter_problem is not None:
+        return meter_problem
+    if not customer:
+        return (
+            "meter_event_no_customer_defined",
+            f"payload.{customer_key}",
+            f"payload has no customer under {customer_key!r}",
+        )
+    value = 0
+    if raw is not None and raw.isdigit() and raw.isascii() and len(raw) <= MAX_VALUE_DIGITS:
+        value = int(raw)
+    elif check_value:
+        value_or_problem = _unusual_value(raw, value_key)
+        if isinstance(value_or_problem, tuple):
+            return value_or_problem
+        value = value_or_problem
+    # customers None: every customer exists (drop_customers still apply).
+    if customer in drop_customers or (customers is not None and customer not in customers):
+        return (
+            "meter_event_customer_not_found",
+            f"payload.{customer_key}",
+            f"no customer {customer!r}",
+        )
+    return value
 
 
 def _unusual_value(raw: str | None, value_key: str) -> int | tuple[str, str, str]:
