@@ -1,5 +1,5 @@
 """Stripe's error reports heard by the connector: counted, logged and kept once each, across
-a restart (the cursor is rebuilt from the reports topic).
+a restart and a hand-over (the cursor is rebuilt from the reports topic).
 
 Real broker and emulator: the emulator accepts a ghost customer's events with 200, then
 drops them and reports them on ``GET /v2/core/events``, as Stripe does.
@@ -46,7 +46,7 @@ def _records(prefix: str, customer: str, count: int) -> list[tuple[bytes, bytes]
     ]
 
 
-def test_error_reports_are_counted_logged_and_kept_once_across_a_restart(
+def test_error_reports_are_counted_logged_and_kept_once_across_a_restart_and_a_hand_over(
     world_factory: Callable[..., World],  # noqa: F811
     topic_factory: Callable[..., str],
 ) -> None:
@@ -87,6 +87,39 @@ def test_error_reports_are_counted_logged_and_kept_once_across_a_restart(
     kept = read_topic(world.bootstrap, reports_topic, expect=2)
     assert len(kept) == 2, "each report kept once"
     assert sorted(orjson.loads(m.value())["error_count"] for m in kept) == [3, 7]
+
+    # A hand-over: a third member joins (no partition for it while the second holds the
+    # only one), then the second leaves; the partition, and the polling, move on.
+    port_third = free_port()
+    third = world.connector(
+        world.config(
+            stripe={"error_reports_poll_seconds": 0.5},
+            kafka={"error_reports_topic": reports_topic},
+            metrics={"enabled": True, "host": "127.0.0.1", "port": port_third},
+        )
+    )
+    wait_until(
+        lambda: (
+            "assigned" in third.log_path.read_text() or "consuming" in third.log_path.read_text()
+        ),
+        timeout=60,
+        what="the third member to join",
+    )
     second.signal(signal.SIGTERM)
     assert second.wait(60) == 0, second.log_tail()
+    produce(world.bootstrap, world.topic, _records("k", "cus_ghost", 2))
+
+    def counted_third() -> float | None:
+        try:
+            return scrape(port_third).get(COUNTER)
+        except httpx.HTTPError:
+            return None
+
+    wait_until(
+        lambda: counted_third() == 2, timeout=90, what="the new owner to count the new report"
+    )
+    kept = read_topic(world.bootstrap, reports_topic, expect=3)
+    assert sorted(orjson.loads(m.value())["error_count"] for m in kept) == [2, 3, 7]
+    third.signal(signal.SIGTERM)
+    assert third.wait(60) == 0, third.log_tail()
     assert world.events()["accepted"] == 50
