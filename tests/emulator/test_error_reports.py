@@ -128,9 +128,10 @@ def test_the_default_window_reports_within_a_few_seconds(
 
     _drop_some(http, token)
 
-    deadline = sent + 10
+    # Polled, not slept: the report is awaited (a generous bound for a busy machine).
+    deadline = sent + 30
     while not http.get(EVENTS).json()["data"]:
-        assert time.monotonic() < deadline, "no error report within 10 s"
+        assert time.monotonic() < deadline, "no error report within 30 s"
         time.sleep(0.05)
 
 
