@@ -152,6 +152,16 @@ class OffsetLedger:
         if was_open and record.remaining <= 0 and not record.partition.closed:
             self._on_resolved()
 
+    def refuse(self, record: PendingRecord, write_letter: Callable[[], None]) -> None:
+        """An event of ``record`` is refused for good: the record's dead letter becomes an
+        obligation (written once, whatever number of its events are refused), and the event
+        itself is answered."""
+        if not record.dead_lettered:
+            record.dead_lettered = True
+            record.remaining += 1
+            write_letter()
+        self.finish(record)
+
     @property
     def held(self) -> int:
         """Records held in memory: unresolved, or resolved behind an unresolved one."""

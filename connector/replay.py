@@ -615,10 +615,7 @@ class Replayer:
         event: MeterEventBody,
     ) -> None:
         """Delivery's verdict on one event (refused by Stripe, or expired while waiting)."""
-        if not record.dead_lettered:
-            record.remaining += 1  # the dead-letter write is now an obligation
-            self._fail(record, reason, message, request_id, event)
-        self._ledger.finish(record)
+        self._ledger.refuse(record, lambda: self._fail(record, reason, message, request_id, event))
 
     def _accepted(self, batch: Batch, request_id: str | None) -> None:
         for record in batch.records:

@@ -317,14 +317,14 @@ class Worker:
         event: MeterEventBody,
     ) -> None:
         """An event is refused for good: its record goes to the DLQ (once)."""
-        if not record.dead_lettered:
-            record.dead_lettered = True
-            record.remaining += 1  # the dead-letter write is now an obligation
+
+        def write_letter() -> None:
             self._log_record(
                 logging.WARNING, "dead-lettering record: %s: %s", reason, message, record.message
             )
             self._dlq.send(record, reason, message, request_id=request_id, event=event, attempts=1)
-        self._ledger.finish(record)  # the event itself is answered
+
+        self._ledger.refuse(record, write_letter)
 
     def _dead_letter_written(self, record: PendingRecord) -> None:
         self.stats["dead_lettered"] += 1

@@ -152,3 +152,17 @@ def test_a_deadline_counts_down_and_stays_at_zero() -> None:
     now[0] = 200.0
     assert deadline.remaining() == 0.0
     assert deadline.passed
+
+
+def test_a_record_refused_for_several_events_owes_one_letter() -> None:
+    ledger = OffsetLedger()
+    ledger.assign([("usage", 0)])
+    record = ledger.partitions[("usage", 0)].track(None, 0)
+    record.remaining = 2  # two fan-out events in flight
+    letters: list[int] = []
+    ledger.refuse(record, lambda: letters.append(1))
+    ledger.refuse(record, lambda: letters.append(1))
+    assert letters == [1], "one letter per record"
+    assert record.remaining == 1, "both events answered; the letter still owed"
+    ledger.finish(record)  # the letter confirmed
+    assert ledger.held == 0
