@@ -39,7 +39,7 @@ class PendingRecord:
         self.offset = offset
         #: Obligations left: events in flight plus an unconfirmed dead-letter write.
         self.remaining = 1
-        #: True once a dead-letter write was started, so a record is dead-lettered once.
+        #: True once a dead-letter write was started for the record or one of its events.
         self.dead_lettered = False
 
     @property
@@ -153,13 +153,16 @@ class OffsetLedger:
             self._on_resolved()
 
     def refuse(self, record: PendingRecord, write_letter: Callable[[], None]) -> None:
-        """An event of ``record`` is refused for good: the record's dead letter becomes an
-        obligation (written once, whatever number of its events are refused), and the event
-        itself is answered."""
-        if not record.dead_lettered:
-            record.dead_lettered = True
-            record.remaining += 1
-            write_letter()
+        """An event of ``record`` is refused for good: a dead letter naming that event becomes
+        an obligation, and the event itself is answered.
+
+        A fanned-out record with two refused events owes two letters, each naming its event
+        (README, "Dead letters"): a letter is what replay bills and what reconcile subtracts,
+        so one letter for both would leave the second event unbilled and unaccounted for.
+        """
+        record.dead_lettered = True
+        record.remaining += 1
+        write_letter()
         self.finish(record)
 
     @property

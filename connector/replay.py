@@ -589,7 +589,8 @@ class Replayer:
             self.report.failed(replaying.origin.reason, reason, message)
             self._resolve(record)
             return
-        replaying.new_reason, replaying.new_message = reason, message
+        if replaying.new_reason is None:  # a record whose events fail twice: the first says why
+            replaying.new_reason, replaying.new_message = reason, message
         record.dead_lettered = True
         log.info(
             "dead-lettering again as %s: %s",
@@ -620,15 +621,25 @@ class Replayer:
     def _accepted(self, batch: Batch, request_id: str | None) -> None:
         for record in batch.records:
             self._ledger.finish(record)
-            if record.resolved and not record.dead_lettered:
-                self.report.counts(self._letters[record].origin.reason).billed += 1
-                self._letters.pop(record, None)
+            self._settled(record)
 
     def _written(self, record: PendingRecord) -> None:
-        replaying = self._letters.pop(record)
+        self._ledger.finish(record)
+        self._settled(record)
+
+    def _settled(self, record: PendingRecord) -> None:
+        """Count a letter in the report once everything it led to is answered: billed, or
+        back in the DLQ (one new letter per event that failed again)."""
+        if not record.resolved:
+            return
+        replaying = self._letters.pop(record, None)
+        if replaying is None:
+            return
+        if not record.dead_lettered:
+            self.report.counts(replaying.origin.reason).billed += 1
+            return
         assert replaying.new_reason is not None
         self.report.failed(replaying.origin.reason, replaying.new_reason, replaying.new_message)
-        self._ledger.finish(record)
 
     def _resolve(self, record: PendingRecord) -> None:
         self._letters.pop(record, None)

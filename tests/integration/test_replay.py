@@ -569,3 +569,55 @@ def test_dead_letters_for_a_missing_meter_are_billed_once_the_meter_exists(
         1 + i % 4 for i in range(1, 80, 2)
     )
     assert table(done.stdout)["no_active_meter"][:3] == ["40", "0", "40"]
+
+
+def test_a_fanned_out_record_with_two_refused_events_gets_two_letters_both_replayed(
+    world_factory: Callable[..., World],  # noqa: F811
+) -> None:
+    """Each refused event of a fanned-out record has its own letter naming it: replay bills
+    both once their meters exist, and the event that was accepted is never sent again."""
+    world = world_factory(partitions=1, auto_meters=False, sync_validation=True)
+    create_meter(world.emulator.base_url, "api_calls")
+    records = [
+        orjson.dumps({"id": f"fo-{i}", "customer": "cus_fan", "calls": 1, "gpu": 2, "cpu": 3})
+        for i in range(10)
+    ]
+    produce(world.bootstrap, world.topic, [(None, value) for value in records])
+    fan_out = {
+        "event_name": None,
+        "fan_out": [
+            {"event_name": "api_calls", "value": "calls"},
+            {"event_name": "gpu_seconds", "value": "gpu"},
+            {"event_name": "cpu_seconds", "value": "cpu"},
+        ],
+    }
+    # Stripe refuses the events of names without a meter (the preflight off lets them go).
+    config = world.config(mapping=fan_out, meters={"preflight": False})
+    world.run_until_idle(config)
+    letters = read_topic(world.bootstrap, world.dead_letter_topic, expect=20)
+    named = Counter(
+        (headers_of(m)["meterstream.source.offset"], headers_of(m)["meterstream.event_name"])
+        for m in letters
+    )
+    assert named == Counter(
+        {(str(i), name): 1 for i in range(10) for name in ("gpu_seconds", "cpu_seconds")}
+    )
+    assert {headers_of(m)["meterstream.reason"] for m in letters} == {"rejected_by_stripe"}
+    assert world.events()["accepted"] == 10
+
+    create_meter(world.emulator.base_url, "gpu_seconds")
+    create_meter(world.emulator.base_url, "cpu_seconds")
+    done = replay(config)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert table(done.stdout)["rejected_by_stripe"][:3] == ["20", "0", "20"]
+    events = world.events()
+    assert events["accepted"] == 30
+    assert events["duplicates"] == 0
+    assert world.billed() == Counter(
+        {
+            ("api_calls", "cus_fan"): 10,
+            ("gpu_seconds", "cus_fan"): 20,
+            ("cpu_seconds", "cus_fan"): 30,
+        }
+    )

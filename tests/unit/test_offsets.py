@@ -154,15 +154,17 @@ def test_a_deadline_counts_down_and_stays_at_zero() -> None:
     assert deadline.passed
 
 
-def test_a_record_refused_for_several_events_owes_one_letter() -> None:
+def test_a_record_refused_for_several_events_owes_a_letter_for_each() -> None:
     ledger = OffsetLedger()
     ledger.assign([("usage", 0)])
     record = ledger.partitions[("usage", 0)].track(None, 0)
     record.remaining = 2  # two fan-out events in flight
-    letters: list[int] = []
-    ledger.refuse(record, lambda: letters.append(1))
-    ledger.refuse(record, lambda: letters.append(1))
-    assert letters == [1], "one letter per record"
-    assert record.remaining == 1, "both events answered; the letter still owed"
-    ledger.finish(record)  # the letter confirmed
+    letters: list[str] = []
+    ledger.refuse(record, lambda: letters.append("gpu_seconds"))
+    ledger.refuse(record, lambda: letters.append("cpu_seconds"))
+    assert letters == ["gpu_seconds", "cpu_seconds"], "one letter per refused event"
+    assert record.remaining == 2, "both events answered; both letters still owed"
+    ledger.finish(record)  # the first letter confirmed
+    assert ledger.held == 1
+    ledger.finish(record)  # the second
     assert ledger.held == 0
