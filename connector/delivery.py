@@ -49,7 +49,7 @@ from connector.errors import (
 from connector.mapping import MeterEventBody
 from connector.offsets import PendingRecord
 from connector.ratelimit import RateLimiter
-from connector.session import Session, SessionProvider
+from connector.session import AccountSessions, Session, SessionProvider
 from connector.timestamps import STRIPE_MAX_AGE_SECONDS, expiry_cutoff
 
 log = logging.getLogger("meterstream.delivery")
@@ -81,12 +81,14 @@ class _RefusedError(Exception):
 
 
 class Delivery:
-    """Delivers batches through one sink and one session provider, shared by all requests."""
+    """Delivers batches through one sink and one session provider per account, shared by
+    all requests (the rate limiter and the 429 gate stay per process: one Stripe platform
+    limit covers every connected account)."""
 
     def __init__(
         self,
         sink: EventSender,
-        sessions: SessionProvider,
+        sessions: SessionProvider | AccountSessions,
         config: DeliveryConfig,
         *,
         limiter: RateLimiter,
@@ -98,7 +100,10 @@ class Delivery:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._sink = sink
-        self._sessions = sessions
+        #: One session provider per account: each batch uses its own account's session.
+        self._sessions = (
+            sessions if isinstance(sessions, AccountSessions) else AccountSessions.of(sessions)
+        )
         self._config = config
         self._limiter = limiter
         #: Hears every attempt's outcome and latency (adaptive concurrency).
@@ -160,7 +165,7 @@ class Delivery:
         # Wire timestamps are fixed-width RFC 3339 in UTC: text order is time order.
         if min(event["timestamp"] for event in live.events) >= cutoff:
             return live
-        kept = Batch()
+        kept = Batch(account=batch.account)
         for event, record in zip(live.events, live.records, strict=True):
             if event["timestamp"] >= cutoff:
                 kept.events.append(event)
@@ -239,7 +244,8 @@ class Delivery:
         if not live.events:
             return live, None
         await self._limiter.acquire(len(live))
-        session = await self._sessions.current()
+        sessions = self._sessions.provider(batch.account)
+        session = await sessions.current()
         try:
             try:
                 request_id = await self._post(live, session)
@@ -247,12 +253,12 @@ class Delivery:
                 # Ordinary expiry: one renewal (shared by every request refused with the same
                 # token) and the same batch again at once.
                 metrics.RETRIES.labels("session_expired").inc()
-                session = await self._sessions.renew(session)
+                session = await sessions.renew(session)
                 request_id = await self._post(live, session)
         except SessionExpiredError as exc:
             # Refused again right after a renewal: an outage. Back off; the next attempt
             # starts with yet another session.
-            self._sessions.expire(session)
+            sessions.expire(session)
             raise BackoffError(
                 f"{exc} (again with a new session)",
                 cause="session_expired",
