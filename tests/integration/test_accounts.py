@@ -1,12 +1,15 @@
 """Connected accounts end to end: one topic holding several accounts' usage, billed by
 ``meterstream run`` against the real broker and the emulator, each account exactly, no
 event in another account (the platform included), each account's sessions renewed on
-their own, its meters checked on its own, and its dead letters replayed into it."""
+their own, its meters checked on its own, ``reconcile`` comparing per account, and its
+dead letters replayed into it. One connector run serves every assertion."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,6 +25,11 @@ ACCOUNTS = ("acct_1Alpha", "acct_1Bravo", "acct_1Charlie")
 #: Only Alpha has a ``searches`` meter: Bravo's searches have no meter in Bravo.
 SEARCHES_ACCOUNT = "acct_1Alpha"
 CHECKS_ON = {"preflight": True, "refresh_seconds": 60}
+ENV = {"STRIPE_API_KEY": "sk_test_accounts"}
+
+
+def _iso(epoch: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def _records() -> tuple[list[tuple[bytes, bytes]], dict[str, Counter[tuple[str, str]]]]:
@@ -70,6 +78,7 @@ def _billed(world: World, account: str | None) -> Counter[tuple[str, str]]:
 
 def test_each_connected_account_is_billed_exactly_and_alone(
     world_factory: Callable[..., World],  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     world = world_factory(
         partitions=1,
@@ -117,6 +126,34 @@ def test_each_connected_account_is_billed_exactly_and_alone(
             assert "meterstream.stripe_account" not in headers
     assert by_reason == Counter({"no_active_meter": 10, "mapping_error": 2, "schema_violation": 1})
 
+    # reconcile compares each account's Kafka totals with that account's meters.
+    hour = int(time.time() // 3600) * 3600
+    report = tmp_path / "reconcile.json"
+    result = run_meterstream(
+        "reconcile",
+        "--config",
+        str(config),
+        "--start",
+        _iso(hour - 3600),
+        "--end",
+        _iso(hour + 3600),
+        "--json",
+        str(report),
+        env=ENV,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("ACCOUNT")
+    compared = {
+        (row["account"], row["event_name"], row["customer"]): row["stripe"]
+        for row in orjson.loads(report.read_bytes())["rows"]
+    }
+    assert compared == {
+        (account, name, customer): total
+        for account, totals in expected.items()
+        for (name, customer), total in totals.items()
+    }
+
     # Bravo gets its meter; replay bills Bravo's searches into Bravo, and only there.
     world.emulator.add_meter(Meter("searches"), account="acct_1Bravo")
     result = run_meterstream(
@@ -125,7 +162,7 @@ def test_each_connected_account_is_billed_exactly_and_alone(
         str(config),
         "--reason",
         "no_active_meter",
-        env={"STRIPE_API_KEY": "sk_test_accounts"},
+        env=ENV,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr

@@ -260,3 +260,30 @@ def test_an_accounts_events_are_decided_by_that_accounts_meters_listed_on_first_
             or ("", "")
         )[1]
     )
+
+
+# -- reconcile -----------------------------------------------------------------------------
+
+
+def test_reconcile_rows_name_their_account_only_when_accounts_are_compared() -> None:
+    from connector.reconcile import Row, render
+
+    row = Row("api_requests", "cus_1", "mtr_1", "sum", 5, 5.0)
+    plain = render([row], "summary")
+    assert plain[0].startswith("EVENT NAME")
+    assert "account" not in row.to_json()
+    routed = Row("api_requests", "cus_1", "mtr_1", "sum", 5, 3.0, account="acct_1A")
+    lines = render([routed], "summary")
+    assert lines[0].split()[:3] == ["ACCOUNT", "EVENT", "NAME"]
+    assert lines[1].split() == [
+        "acct_1A",
+        "api_requests",
+        "cus_1",
+        "mtr_1",
+        "sum",
+        "5",
+        "3",
+        "-2",
+        "differs",
+    ]
+    assert routed.to_json()["account"] == "acct_1A"
