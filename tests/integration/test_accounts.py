@@ -15,8 +15,14 @@ from typing import Any
 import orjson
 import pytest
 
-from meterstream_local.emulator import Meter
-from tests.integration.harness import headers_of, produce, read_topic, run_meterstream
+from meterstream_local.emulator import EmulatorServer, Meter
+from tests.integration.harness import (
+    headers_of,
+    produce,
+    read_topic,
+    run_meterstream,
+    write_config,
+)
 from tests.integration.test_connector import World, world_factory  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
@@ -169,3 +175,25 @@ def test_each_connected_account_is_billed_exactly_and_alone(
     assert _billed(world, "acct_1Bravo")[("searches", "cus_0")] == 30
     assert _billed(world, SEARCHES_ACCOUNT)[("searches", "cus_0")] == 30
     assert world.emulator.state.totals() == {}
+
+
+def test_check_config_online_leaves_meters_to_each_account(tmp_path: Path) -> None:
+    with EmulatorServer(auto_meters=False) as emulator:  # the platform has no meter at all
+        config = write_config(
+            tmp_path,
+            bootstrap="127.0.0.1:9",
+            topic="usage",
+            dead_letter_topic="usage.dlq",
+            group_id="accounts",
+            stripe_url=emulator.base_url,
+            mapping={"constant_event_name": "gpu_seconds", "stripe_account": "account"},
+        )
+        routed = run_meterstream("check-config", "--online", "--config", str(config), env=ENV)
+        assert routed.returncode == 0, routed.stderr
+        assert "each account's meters are checked" in routed.stdout
+        assert emulator.stats()["requests"]["by_endpoint"] == {"meters": 1}
+
+        config.write_text(config.read_text().replace("stripe_account: account", ""))
+        platform = run_meterstream("check-config", "--online", "--config", str(config), env=ENV)
+        assert platform.returncode == 2
+        assert "gpu_seconds" in platform.stderr
