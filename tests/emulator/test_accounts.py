@@ -7,8 +7,11 @@ import time
 from typing import Any
 
 import httpx
+import pytest
+import stripe
 
 from meterstream_local.emulator import EmulatorClient, EmulatorServer, Meter
+from meterstream_local.emulator.meters import meter_id
 
 from .support import SESSION, event, send
 
@@ -170,3 +173,33 @@ def test_a_context_that_is_no_account_id_is_refused(http: httpx.Client) -> None:
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_stripe_context"
     assert http.get(METERS, headers=_ctx("acct_a/b")).status_code == 400
+
+
+def test_the_official_sdk_bills_a_connected_account_through_stripe_context(
+    emulator: EmulatorServer,
+) -> None:
+    client = stripe.StripeClient(
+        "sk_test_sdk",
+        base_addresses={"api": emulator.base_url, "meter_events": emulator.base_url},
+        max_network_retries=0,
+    )
+    options: Any = {"stripe_context": ACCT_A}
+    session = client.v2.billing.meter_event_session.create(options=options)
+    client.v2.billing.meter_event_stream.create(
+        {"events": [event(6, customer="cus_sdk")]},  # type: ignore[typeddict-item]
+        {"api_key": session.authentication_token, "stripe_context": ACCT_A},
+    )
+    assert emulator.account_state(ACCT_A).totals()["api_requests"]["cus_sdk"]["sum"] == 6
+    assert emulator.state.totals() == {}
+    # The meter its first event made (auto_meters) is the account's, under its own id.
+    meters = client.v1.billing.meters.list(options={"stripe_context": ACCT_A})
+    assert [(m.event_name, m.id) for m in meters.data] == [
+        ("api_requests", meter_id("api_requests", ACCT_A))
+    ]
+    assert client.v1.billing.meters.list().data == []
+    # Its token without the context: refused, and not as an expired session.
+    with pytest.raises(stripe.AuthenticationError):
+        client.v2.billing.meter_event_stream.create(
+            {"events": [event(1)]},  # type: ignore[typeddict-item]
+            {"api_key": session.authentication_token},
+        )

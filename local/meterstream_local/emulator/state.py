@@ -266,11 +266,15 @@ class EmulatorState:
         with self._lock:
             if meter.event_name in self.meters:
                 raise ValueError(f"a meter for event_name {meter.event_name!r} already exists")
-            if self.account is not None:  # an object of this account: an id of its own
-                meter = replace(meter, id=meter_id(meter.event_name, self.account))
-            meter = meter.stamped(int(now))
+            meter = self._own(meter).stamped(int(now))
             self.meters[meter.event_name] = meter
             return meter
+
+    def _own(self, meter: Meter) -> Meter:
+        """``meter`` as an object of this account: in a connected account, an id of its own."""
+        if self.account is None:
+            return meter
+        return replace(meter, id=meter_id(meter.event_name, self.account))
 
     def meter_list(self) -> list[Meter]:
         """A snapshot of every meter."""
@@ -400,7 +404,7 @@ class EmulatorState:
                     found = series_by_meter.get(name)
                     if found is None:
                         if name not in meters:  # auto_meters: validation let it through
-                            meters[name] = Meter(event_name=name).stamped(int(now))
+                            meters[name] = self._own(Meter(event_name=name)).stamped(int(now))
                         found = series_by_meter[name] = {}
                     by_customer, last_name, last_customer = found, name, None
                 if customer != last_customer or series is None:
@@ -455,7 +459,7 @@ class EmulatorState:
         meters = self.meters
         for _, code, _, _, name, _ in dropped:
             if code != "no_meter" and name not in meters:  # auto_meters let the name through
-                meters[name] = Meter(event_name=name).stamped(int(now))
+                meters[name] = self._own(Meter(event_name=name)).stamped(int(now))
         ids = {name: (meters[name].id if name in meters else None) for *_, name, _ in dropped}
         self.reports.add(dropped, ids, now=now, delay=delay)
 
