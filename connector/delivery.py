@@ -15,6 +15,10 @@
   the rest of the batch goes on.
 - Rejected as invalid: the batch is split in halves until the events at fault are alone;
   only those are dead-lettered (``rejected_by_stripe``), the rest are sent.
+- A connected account's session refused with a 4xx that is neither about the key (401,
+  403: not ready, retried) nor an outage: the account cannot take events (deleted, say),
+  so the whole batch is dead-lettered (``rejected_by_stripe``, the message naming the
+  account). The platform's own session refused so is an outage.
 """
 
 from __future__ import annotations
@@ -73,6 +77,16 @@ def _unheard(*_args: object) -> None:
 
 class _RefusedError(Exception):
     """Stripe refused ``batch`` (the events actually sent) as invalid."""
+
+    def __init__(self, batch: Batch, cause: RejectedBatchError) -> None:
+        super().__init__(str(cause))
+        self.batch = batch
+        self.cause = cause
+
+
+class _AccountRefusedError(Exception):
+    """Stripe refused a meter event session for ``batch``'s connected account with a 4xx
+    that is neither about the key nor an outage (a deleted or unusable account)."""
 
     def __init__(self, batch: Batch, cause: RejectedBatchError) -> None:
         super().__init__(str(cause))
@@ -139,6 +153,12 @@ class Delivery:
             part = stack.pop()
             try:
                 sent, request_id = await self._send_with_retries(part)
+            except _AccountRefusedError as refused:
+                # The account, not one event: every event of the batch, without splitting.
+                cause = refused.cause
+                for event, record in zip(refused.batch.events, refused.batch.records, strict=True):
+                    self._on_dead(record, "rejected_by_stripe", str(cause), cause.request_id, event)
+                continue
             except _RefusedError as refused:
                 sent, exc = refused.batch, refused.cause
                 if len(sent) == 1:
@@ -245,7 +265,14 @@ class Delivery:
             return live, None
         await self._limiter.acquire(len(live))
         sessions = self._sessions.provider(batch.account)
-        session = await sessions.current()
+        try:
+            session = await sessions.current()
+        except RejectedBatchError as exc:
+            if live.account is None:  # the platform's own session: not the data's fault
+                raise BackoffError(
+                    str(exc), cause="server_error", status=exc.status, request_id=exc.request_id
+                ) from exc
+            raise _AccountRefusedError(live, exc) from exc
         try:
             try:
                 request_id = await self._post(live, session)

@@ -138,6 +138,13 @@ class MeterGate:
             delay = min(RETRY_MAX_SECONDS, RETRY_INITIAL_SECONDS * 2 ** max(0, gate.failures - 1))
             gate.retry_at = self._clock() + (0.0 if ok else delay)
             held, gate.held = gate.held, []
+            refused = gate.catalog.refused
+            if refused is not None:
+                # The account itself is refused (deleted, say): its records cannot be billed.
+                for record, _events in held:
+                    if not record.partition.closed:
+                        self._refuse(record, "rejected_by_stripe", str(refused))
+                held = []
             released = [
                 (record, events)
                 for record, events in held

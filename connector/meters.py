@@ -36,6 +36,7 @@ from connector import metrics
 from connector.config import MappingConfig, MeterstreamConfig, StripeConfig
 from connector.errors import (
     AuthenticationError,
+    BackoffError,
     ConfigError,
     DeadLetterReason,
     StripeError,
@@ -207,6 +208,9 @@ class MeterCatalog:
         self._early_wanted = False
         #: Why the last refresh failed (None after a success), for logs and /readyz.
         self.problem: str | None = None
+        #: A connected account's listing refused with a 4xx that is neither about the key
+        #: nor an outage (a deleted or unusable account): its events cannot be billed.
+        self.refused: StripeError | None = None
         self._replace(meters)
 
     # -- the list ---------------------------------------------------------------------------
@@ -257,6 +261,10 @@ class MeterCatalog:
         try:
             meters = await self._fetch()
         except StripeError as exc:
+            refused = self.account is not None and not isinstance(
+                exc, BackoffError | AuthenticationError
+            )
+            self.refused = exc if refused else None
             self.problem = f"cannot list billing meters: {exc}"
             log.warning("%s (keeping the list from before)", self.problem)
             return False
@@ -266,6 +274,7 @@ class MeterCatalog:
             self._early_at = now
         self._early_wanted = False
         self.problem = None
+        self.refused = None
         self._replace(meters)
         return True
 

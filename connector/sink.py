@@ -106,12 +106,16 @@ def _error_fields(answer: Answer) -> tuple[str | None, str | None, str]:
     )
 
 
-def translate_response(answer: Answer, *, session_endpoint: bool) -> StripeError:
-    """The StripeError for a non-200 answer."""
+def translate_response(
+    answer: Answer, *, session_endpoint: bool, account: str | None = None
+) -> StripeError:
+    """The StripeError for a non-200 answer (to a request for the connected ``account``)."""
     status = answer.status
     request_id = answer.headers.get("request-id")
     kind, code, message = _error_fields(answer)
     where = "creating a meter event session" if session_endpoint else "sending meter events"
+    if account is not None:
+        where += f" for connected account {account}"
     detail = f"HTTP {status} from Stripe {where}: {message}"
     if status == 429 or status >= 500 or status in _RETRYABLE_4XX:
         return BackoffError(
@@ -361,7 +365,7 @@ class StripeSink:
             self._sessions, self._session_url, b"{}", self._api_key.get_secret_value(), account
         )
         if answer.status != 200:
-            raise translate_response(answer, session_endpoint=True)
+            raise translate_response(answer, session_endpoint=True, account=account)
         try:
             body = orjson.loads(answer.body)
             return Session(
@@ -385,7 +389,7 @@ class StripeSink:
             self._stream, self._stream_url, content, session.token, session.account
         )
         if answer.status != 200:
-            raise translate_response(answer, session_endpoint=False)
+            raise translate_response(answer, session_endpoint=False, account=session.account)
         return answer.headers.get("request-id")
 
     async def aclose(self) -> None:

@@ -287,3 +287,104 @@ def test_reconcile_rows_name_their_account_only_when_accounts_are_compared() -> 
         "differs",
     ]
     assert routed.to_json()["account"] == "acct_1A"
+
+
+# -- an account Stripe refuses -------------------------------------------------------------
+
+
+def test_a_refused_accounts_batch_is_dead_lettered_whole_and_other_accounts_go_on() -> None:
+    from connector.batching import Batch
+    from connector.config import DeliveryConfig, RateLimitConfig
+    from connector.delivery import Delivery
+    from connector.errors import RejectedBatchError
+    from connector.ratelimit import RateLimiter
+
+    refusals = {"acct_gone": 1, None: 1}  # the platform's own refusal passes (an outage)
+    sent: list[tuple[str | None, int]] = []
+    dead: list[tuple[str, str, str]] = []
+    accepted: list[str | None] = []
+    sleeps: list[float] = []
+
+    async def create(account: str | None) -> Session:
+        if refusals.get(account, 0) > 0:
+            if account is None:
+                refusals[None] -= 1
+            raise RejectedBatchError(
+                f"HTTP 400 from Stripe creating a meter event session for {account}: deleted",
+                status=400,
+            )
+        return Session(f"mes_{account}", "tok", 1e12, account=account)
+
+    class Sender:
+        async def send_events(self, events: list[MeterEventBody], session: Session) -> str:
+            sent.append((session.account, len(events)))
+            return "req_ok"
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    delivery = Delivery(
+        Sender(),
+        AccountSessions(create, renew_margin_seconds=60),
+        DeliveryConfig(backoff_initial_seconds=0.1, backoff_max_seconds=1.0),
+        limiter=RateLimiter(RateLimitConfig(), workers=1),
+        on_accepted=lambda batch, _rid: accepted.append(batch.account),
+        on_dead=lambda record, reason, message, _rid, event: dead.append(
+            (event["identifier"], reason, message)
+        ),
+        sleep=sleep,
+        wall_clock=lambda: NOW,
+    )
+    state = PartitionOffsets("usage", 0)
+
+    def batch(account: str | None, count: int) -> Batch:
+        made = Batch(account=account)
+        for i in range(count):
+            made.events.append(_event(i))
+            made.records.append(_tracked(state, i, account))
+        return made
+
+    async def scenario() -> None:
+        await asyncio.gather(
+            delivery.deliver(batch("acct_gone", 5)),
+            delivery.deliver(batch("acct_fine", 3)),
+            delivery.deliver(batch(None, 2)),
+        )
+
+    asyncio.run(scenario())
+    assert [(i, r) for i, r, _m in dead] == [(f"id-{i}", "rejected_by_stripe") for i in range(5)]
+    assert all("acct_gone" in message for _i, _r, message in dead)
+    assert sorted(sent, key=str) == sorted([("acct_fine", 3), (None, 2)], key=str)
+    assert sorted(accepted, key=str) == sorted(["acct_fine", None], key=str)
+    assert len(sleeps) == 1  # the platform's refusal was retried once, as an outage
+
+
+def test_a_refused_accounts_listing_dead_letters_its_held_records() -> None:
+    from connector.errors import StripeError
+
+    refused: list[tuple[int, str, str]] = []
+
+    def catalog_for(account: str) -> MeterCatalog:
+        async def fetch() -> list[Meter]:
+            raise StripeError(f"HTTP 400 from Stripe listing billing meters of {account}: gone")
+
+        return MeterCatalog((), fetch=fetch, account=account, listed=False)
+
+    gate = MeterGate(
+        MeterCatalog(()),
+        MappingConfig(),
+        refuse=lambda record, reason, message: refused.append((record.offset, reason, message)),
+        catalog_for=catalog_for,
+    )
+    state = PartitionOffsets("usage", 0)
+    assert not gate.take(_tracked(state, 0, "acct_gone"), [_event(0)])
+
+    async def turns() -> None:
+        for _ in range(5):
+            assert gate.turn() == []
+            await asyncio.sleep(0)
+        await gate.close()
+
+    asyncio.run(turns())
+    assert [(offset, reason) for offset, reason, _m in refused] == [(0, "rejected_by_stripe")]
+    assert "acct_gone" in refused[0][2]
