@@ -69,32 +69,44 @@ class Batcher:
         self.linger_seconds = linger_seconds
         self._clock = clock
         #: The partial batch of each account, and when its first event came.
-        self._open: dict[str | None, tuple[Batch, float]] = {}
+        self._open: dict[str | None, Batch] = {}
+        self._started: dict[str | None, float] = {}
+        #: The account added to last, and its batch: the hot path of one account (or of
+        #: consecutive records of one) skips the dictionary.
+        self._current_account: str | None = None
+        self._current = self._open[None] = Batch()
         self.ready: list[Batch] = []
 
     def add(self, events: Sequence[MeterEventBody], record: PendingRecord) -> None:
         """Add a record's events to its account's batch; full batches move to ``ready``."""
         account = record.account
-        opened = self._open.get(account)
+        current = self._current if account == self._current_account else self._switch(account)
         for event in events:
-            if opened is None:
-                opened = self._open[account] = (Batch(account=account), self._clock())
-            current = opened[0]
+            if not current.events:
+                self._started[account] = self._clock()
             current.events.append(event)
             current.records.append(record)
             if len(current.events) >= self.max_events:
                 self.ready.append(current)
-                del self._open[account]
-                opened = None
+                current = self._current = self._open[account] = Batch(account=account)
+
+    def _switch(self, account: str | None) -> Batch:
+        batch = self._open.get(account)
+        if batch is None:
+            batch = self._open[account] = Batch(account=account)
+        self._current_account, self._current = account, batch
+        return batch
 
     def due(self, *, force: bool = False) -> list[Batch]:
         """Take the ready batches, plus each partial one that lingered long enough."""
-        if self._open:
-            now = self._clock()
-            linger = self.linger_seconds
-            for account, (batch, started) in list(self._open.items()):
-                if force or now - started >= linger:
-                    self.ready.append(batch)
+        now = self._clock()
+        linger = self.linger_seconds
+        for account, batch in list(self._open.items()):
+            if batch.events and (force or now - self._started[account] >= linger):
+                self.ready.append(batch)
+                if account == self._current_account:
+                    self._current = self._open[account] = Batch(account=account)
+                else:  # an account not added to lately: forget it until it comes back
                     del self._open[account]
         ready, self.ready = self.ready, []
         return ready
@@ -103,14 +115,14 @@ class Batcher:
         """How long until the first partial batch is due; None when nothing is waiting."""
         if self.ready:
             return 0.0
-        if not self._open:
+        started = [self._started[a] for a, batch in self._open.items() if batch.events]
+        if not started:
             return None
-        oldest = min(started for _batch, started in self._open.values())
-        return max(0.0, self.linger_seconds - (self._clock() - oldest))
+        return max(0.0, self.linger_seconds - (self._clock() - min(started)))
 
     @property
     def buffered_events(self) -> int:
         """Events waiting for a request."""
-        return sum(len(batch) for batch, _ in self._open.values()) + sum(
+        return sum(len(batch) for batch in self._open.values()) + sum(
             len(batch) for batch in self.ready
         )
