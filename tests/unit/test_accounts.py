@@ -7,8 +7,10 @@ import asyncio
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from connector.batching import Batcher
+from connector.batching import Batch, Batcher
 from connector.config import MappingConfig
 from connector.errors import RecordError
 from connector.mapping import Mapper, MeterEventBody
@@ -293,7 +295,6 @@ def test_reconcile_rows_name_their_account_only_when_accounts_are_compared() -> 
 
 
 def test_a_refused_accounts_batch_is_dead_lettered_whole_and_other_accounts_go_on() -> None:
-    from connector.batching import Batch
     from connector.config import DeliveryConfig, RateLimitConfig
     from connector.delivery import Delivery
     from connector.errors import RejectedBatchError
@@ -388,3 +389,41 @@ def test_a_refused_accounts_listing_dead_letters_its_held_records() -> None:
     asyncio.run(turns())
     assert [(offset, reason) for offset, reason, _m in refused] == [(0, "rejected_by_stripe")]
     assert "acct_gone" in refused[0][2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([None, "acct_A", "acct_B", "acct_C"]), st.integers(1, 4)),
+        max_size=60,
+    ),
+    st.integers(1, 7),
+    st.lists(st.booleans(), max_size=60),
+)
+def test_any_interleaving_batches_each_account_in_order_and_never_mixes(
+    records: list[tuple[str | None, int]], max_events: int, ticks: list[bool]
+) -> None:
+    clock = Clock()
+    batcher = Batcher(max_events, 0.5, clock=clock)
+    state = PartitionOffsets("usage", 0)
+    sent: list[Batch] = []
+    added: dict[str | None, list[str]] = {}
+    for offset, (account, count) in enumerate(records):
+        events = [
+            {**_event(offset), "identifier": f"{offset}-{i}"}  # type: ignore[typeddict-item]
+            for i in range(count)
+        ]
+        batcher.add(events, _tracked(state, offset, account))  # type: ignore[arg-type]
+        added.setdefault(account, []).extend(e["identifier"] for e in events)
+        if offset < len(ticks) and ticks[offset]:
+            clock.now += 0.3
+            sent += batcher.due()
+    sent += batcher.due(force=True)
+    assert batcher.buffered_events == 0
+    assert batcher.seconds_until_due() is None
+    got: dict[str | None, list[str]] = {}
+    for batch in sent:
+        assert 1 <= len(batch) <= max_events
+        assert {r.account for r in batch.records} == {batch.account}
+        got.setdefault(batch.account, []).extend(e["identifier"] for e in batch.events)
+    assert got == added  # every event once, in its account's order
