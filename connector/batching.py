@@ -2,6 +2,9 @@
 
 A batch keeps, beside each event body, the ``PendingRecord`` it came from, so that a
 Stripe answer (or a dead letter) can be credited to exactly the records it concerns.
+A batch never mixes connected accounts: one request goes to one account with that
+account's session, so each account (``PendingRecord.account``; None: the platform) fills
+its own batch and lingers on its own.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ class Batch:
     records: list[PendingRecord] = field(default_factory=list)
     #: How many times this batch was sent after a session expiry (DESIGN 3.3).
     expired_resends: int = 0
+    #: The connected account every event of the batch goes to; None: the platform.
+    account: str | None = None
 
     def __len__(self) -> int:
         return len(self.events)
@@ -31,8 +36,8 @@ class Batch:
         """Two halves, to isolate the events Stripe rejects."""
         middle = len(self.events) // 2
         return (
-            Batch(self.events[:middle], self.records[:middle]),
-            Batch(self.events[middle:], self.records[middle:]),
+            Batch(self.events[:middle], self.records[:middle], account=self.account),
+            Batch(self.events[middle:], self.records[middle:], account=self.account),
         )
 
     def drop_closed(self) -> Batch:
@@ -40,11 +45,16 @@ class Batch:
         keep = [i for i, record in enumerate(self.records) if not record.partition.closed]
         if len(keep) == len(self.records):
             return self
-        return Batch([self.events[i] for i in keep], [self.records[i] for i in keep])
+        return Batch(
+            [self.events[i] for i in keep],
+            [self.records[i] for i in keep],
+            account=self.account,
+        )
 
 
 class Batcher:
-    """Accumulates events; hands out full batches at once and partial ones after linger."""
+    """Accumulates events per account; hands out full batches at once and partial ones
+    after linger."""
 
     def __init__(
         self,
@@ -58,40 +68,61 @@ class Batcher:
         self.max_events = max_events
         self.linger_seconds = linger_seconds
         self._clock = clock
-        self._current = Batch()
-        self._started = 0.0
+        #: The partial batch of each account, and when its first event came.
+        self._open: dict[str | None, Batch] = {}
+        self._started: dict[str | None, float] = {}
+        #: The account added to last, and its batch: the hot path of one account (or of
+        #: consecutive records of one) skips the dictionary.
+        self._current_account: str | None = None
+        self._current = self._open[None] = Batch()
         self.ready: list[Batch] = []
 
     def add(self, events: Sequence[MeterEventBody], record: PendingRecord) -> None:
-        """Add a record's events; full batches move to ``ready``."""
-        current = self._current
+        """Add a record's events to its account's batch; full batches move to ``ready``."""
+        account = record.account
+        current = self._current if account == self._current_account else self._switch(account)
         for event in events:
             if not current.events:
-                self._started = self._clock()
+                self._started[account] = self._clock()
             current.events.append(event)
             current.records.append(record)
             if len(current.events) >= self.max_events:
                 self.ready.append(current)
-                current = self._current = Batch()
+                current = self._current = self._open[account] = Batch(account=account)
+
+    def _switch(self, account: str | None) -> Batch:
+        batch = self._open.get(account)
+        if batch is None:
+            batch = self._open[account] = Batch(account=account)
+        self._current_account, self._current = account, batch
+        return batch
 
     def due(self, *, force: bool = False) -> list[Batch]:
-        """Take the ready batches, plus the partial one if it lingered long enough."""
-        current = self._current
-        if current.events and (force or self._clock() - self._started >= self.linger_seconds):
-            self.ready.append(current)
-            self._current = Batch()
+        """Take the ready batches, plus each partial one that lingered long enough."""
+        now = self._clock()
+        linger = self.linger_seconds
+        for account, batch in list(self._open.items()):
+            if batch.events and (force or now - self._started[account] >= linger):
+                self.ready.append(batch)
+                if account == self._current_account:
+                    self._current = self._open[account] = Batch(account=account)
+                else:  # an account not added to lately: forget it until it comes back
+                    del self._open[account]
         ready, self.ready = self.ready, []
         return ready
 
     def seconds_until_due(self) -> float | None:
-        """How long until the partial batch is due; None when nothing is waiting."""
+        """How long until the first partial batch is due; None when nothing is waiting."""
         if self.ready:
             return 0.0
-        if not self._current.events:
+        started = [self._started[a] for a, batch in self._open.items() if batch.events]
+        if not started:
             return None
-        return max(0.0, self.linger_seconds - (self._clock() - self._started))
+        return max(0.0, self.linger_seconds - (self._clock() - min(started)))
 
     @property
     def buffered_events(self) -> int:
         """Events waiting for a request."""
-        return len(self._current.events) + sum(len(batch) for batch in self.ready)
+        return sum(len(batch) for batch in self._open.values()) + sum(
+            len(batch) for batch in self.ready
+        )

@@ -189,6 +189,9 @@ class MappingConfig(_Section):
     allow_negative_values: bool = False
     #: One event per entry instead of one per record (e.g. input and output tokens).
     fan_out: list[FanOutMeter] = Field(default_factory=list)
+    #: Connected accounts: the path of each record's ``acct_...`` id; its events go to that
+    #: account's meters (sessions and meter lists with ``Stripe-Context``). null: the platform.
+    stripe_account: str | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _has_event_name(self) -> MappingConfig:

@@ -15,6 +15,10 @@
   the rest of the batch goes on.
 - Rejected as invalid: the batch is split in halves until the events at fault are alone;
   only those are dead-lettered (``rejected_by_stripe``), the rest are sent.
+- A connected account's session refused with a 4xx that is neither about the key (401,
+  403: not ready, retried) nor an outage: the account cannot take events (deleted, say),
+  so the whole batch is dead-lettered (``rejected_by_stripe``, the message naming the
+  account). The platform's own session refused so is an outage.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from connector.errors import (
 from connector.mapping import MeterEventBody
 from connector.offsets import PendingRecord
 from connector.ratelimit import RateLimiter
-from connector.session import Session, SessionProvider
+from connector.session import AccountSessions, Session, SessionProvider
 from connector.timestamps import STRIPE_MAX_AGE_SECONDS, expiry_cutoff
 
 log = logging.getLogger("meterstream.delivery")
@@ -80,13 +84,25 @@ class _RefusedError(Exception):
         self.cause = cause
 
 
+class _AccountRefusedError(Exception):
+    """Stripe refused a meter event session for ``batch``'s connected account with a 4xx
+    that is neither about the key nor an outage (a deleted or unusable account)."""
+
+    def __init__(self, batch: Batch, cause: RejectedBatchError) -> None:
+        super().__init__(str(cause))
+        self.batch = batch
+        self.cause = cause
+
+
 class Delivery:
-    """Delivers batches through one sink and one session provider, shared by all requests."""
+    """Delivers batches through one sink and one session provider per account, shared by
+    all requests (the rate limiter and the 429 gate stay per process: one Stripe platform
+    limit covers every connected account)."""
 
     def __init__(
         self,
         sink: EventSender,
-        sessions: SessionProvider,
+        sessions: SessionProvider | AccountSessions,
         config: DeliveryConfig,
         *,
         limiter: RateLimiter,
@@ -98,7 +114,10 @@ class Delivery:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._sink = sink
-        self._sessions = sessions
+        #: One session provider per account: each batch uses its own account's session.
+        self._sessions = (
+            sessions if isinstance(sessions, AccountSessions) else AccountSessions.of(sessions)
+        )
         self._config = config
         self._limiter = limiter
         #: Hears every attempt's outcome and latency (adaptive concurrency).
@@ -134,6 +153,12 @@ class Delivery:
             part = stack.pop()
             try:
                 sent, request_id = await self._send_with_retries(part)
+            except _AccountRefusedError as refused:
+                # The account, not one event: every event of the batch, without splitting.
+                cause = refused.cause
+                for event, record in zip(refused.batch.events, refused.batch.records, strict=True):
+                    self._on_dead(record, "rejected_by_stripe", str(cause), cause.request_id, event)
+                continue
             except _RefusedError as refused:
                 sent, exc = refused.batch, refused.cause
                 if len(sent) == 1:
@@ -160,7 +185,7 @@ class Delivery:
         # Wire timestamps are fixed-width RFC 3339 in UTC: text order is time order.
         if min(event["timestamp"] for event in live.events) >= cutoff:
             return live
-        kept = Batch()
+        kept = Batch(account=batch.account)
         for event, record in zip(live.events, live.records, strict=True):
             if event["timestamp"] >= cutoff:
                 kept.events.append(event)
@@ -239,7 +264,15 @@ class Delivery:
         if not live.events:
             return live, None
         await self._limiter.acquire(len(live))
-        session = await self._sessions.current()
+        sessions = self._sessions.provider(batch.account)
+        try:
+            session = await sessions.current()
+        except RejectedBatchError as exc:
+            if live.account is None:  # the platform's own session: not the data's fault
+                raise BackoffError(
+                    str(exc), cause="server_error", status=exc.status, request_id=exc.request_id
+                ) from exc
+            raise _AccountRefusedError(live, exc) from exc
         try:
             try:
                 request_id = await self._post(live, session)
@@ -247,12 +280,12 @@ class Delivery:
                 # Ordinary expiry: one renewal (shared by every request refused with the same
                 # token) and the same batch again at once.
                 metrics.RETRIES.labels("session_expired").inc()
-                session = await self._sessions.renew(session)
+                session = await sessions.renew(session)
                 request_id = await self._post(live, session)
         except SessionExpiredError as exc:
             # Refused again right after a renewal: an outage. Back off; the next attempt
             # starts with yet another session.
-            self._sessions.expire(session)
+            sessions.expire(session)
             raise BackoffError(
                 f"{exc} (again with a new session)",
                 cause="session_expired",

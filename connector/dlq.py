@@ -16,6 +16,7 @@ Headers added (all UTF-8 strings):
     meterstream.source.topic / .partition / .offset / .timestamp (ms since the epoch)
     meterstream.version           the connector version that dead-lettered it
     meterstream.attempts          how many times Stripe was asked (0 for local rejections)
+    meterstream.stripe_account    the connected account it was routed to (replay keeps it)
 
 A letter about a record read back from the dead-letter topic (``meterstream replay``) is
 written with ``send(..., origin=LetterOrigin.of(message))``: the original key, value and
@@ -68,6 +69,8 @@ class LetterOrigin:
     reason: str
     event_name: str | None
     headers: list[tuple[str, bytes]]
+    #: The connected account the record was routed to (``stripe_account``), if any.
+    account: str | None = None
 
     @property
     def timestamp_ms(self) -> int | None:
@@ -98,6 +101,7 @@ class LetterOrigin:
                 reason=ours.get("reason", ""),
                 event_name=ours.get("event_name") or None,
                 headers=own,
+                account=ours.get("stripe_account") or None,
             )
         except (KeyError, ValueError) as exc:
             raise ValueError(
@@ -193,6 +197,9 @@ class DeadLetterQueue:
         ]
         if request_id:
             extra.append(("request_id", request_id))
+        account = record.account or (origin.account if origin is not None else None)
+        if account:
+            extra.append(("stripe_account", account))
         if event is not None:
             extra.append(("event_name", event["event_name"]))
             extra.append(("event_identifier", event["identifier"]))

@@ -12,7 +12,9 @@ The Kafka side of ``meterstream reconcile``. For every partition of ``kafka.topi
   ``records.decode`` and ``mapping.Mapper`` as ``run``. The mapper checks Stripe's time
   window against the record's Kafka timestamp (about when it was billed), not today;
 - events whose timestamp lies in [start, end) are tallied per (event name, customer):
-  sum, count and the latest value, so any meter formula can be compared.
+  sum, count and the latest value, so any meter formula can be compared. With
+  ``mapping.stripe_account`` each connected account gets tallies of its own
+  (``KafkaTotals.by_account``), compared with that account's meters.
 
 Memory is the tallies and the dead-letter key set, never the records: a topic of millions
 of records costs what its (event name, customer) pairs cost.
@@ -85,6 +87,9 @@ class KafkaTotals:
     """The Kafka side of a reconciliation."""
 
     tallies: dict[tuple[str, str], Tally] = field(default_factory=dict)
+    #: With ``mapping.stripe_account``: each connected account's tallies (``tallies`` stays
+    #: empty: every event goes to an account).
+    by_account: dict[str, dict[tuple[str, str], Tally]] = field(default_factory=dict)
     ranges: list[PartitionRange] = field(default_factory=list)
     records_read: int = 0
     #: Records (or single events of fanned-out records) found in the dead-letter topic.
@@ -240,7 +245,8 @@ def tally(
     first, stop = format_rfc3339_ms(start), format_rfc3339_ms(end)
     only = frozenset(event_names)
     max_bytes = config.records.max_bytes
-    tallies = totals.tallies
+    platform_tallies = totals.tallies
+    account_of = mapper.account if config.mapping.stripe_account else None
 
     def count(message: Any) -> None:
         topic, partition, offset = message.topic(), message.partition(), message.offset()
@@ -251,16 +257,19 @@ def tally(
         kind, stamp = message.timestamp()
         clock.now = stamp / 1000.0 if kind and stamp > 0 else time.time()
         try:
+            decoded = records.decode(message.value(), max_bytes)
             events = mapper.map(
-                records.decode(message.value(), max_bytes),
+                decoded,
                 topic=topic,
                 partition=partition,
                 offset=offset,
                 kafka_timestamp_ms=stamp if kind else None,
             )
+            account = account_of(decoded) if account_of is not None else None
         except RecordError:
             totals.unmappable += 1
             return
+        tallies = platform_tallies if account is None else totals.by_account.setdefault(account, {})
         for event in events:
             name = event["event_name"]
             if dead and (topic, partition, offset, name) in dead:

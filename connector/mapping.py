@@ -27,6 +27,8 @@ silently unless it is refused here, before sending, with a dead-letter reason. T
   dimensions; ``mapping.event_name`` is then unused. All or nothing: one bad value refuses
   the record. An ``optional`` meter whose value is absent is skipped; a record where every
   meter is skipped is ``mapping_error``.
+- Connected account (``mapping.stripe_account``): ``Mapper.account`` reads it beside
+  ``map``; it never enters the event (not a dimension, not in the identifier).
 
 Hot path: ``Mapper.map`` runs once per record, so the configuration is compiled in
 ``__init__`` (paths split once, a flat fast path when every path is a top-level key) and a
@@ -35,6 +37,7 @@ record costs a few dict lookups and string checks.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +67,9 @@ MAX_CUSTOMER_LENGTH = 255
 MAX_PAYLOAD_KEYS = 50
 MAX_PAYLOAD_KEY_LENGTH = 100
 MAX_PAYLOAD_VALUE_LENGTH = 500
+#: Stripe account ids are ``acct_`` and ~16 letters and digits; this bounds a bad one.
+MAX_ACCOUNT_LENGTH = 255
+_ACCOUNT_ID = re.compile(r"acct_[A-Za-z0-9]+")
 #: Field names of the canonical usage record: never copied as dimensions.
 CANONICAL_FIELDS = frozenset({"id", "customer", "event_name", "value", "timestamp"})
 #: Bad values are quoted in messages up to this many characters.
@@ -117,6 +123,9 @@ class Mapper:
         self._timestamp_path = _split(config.timestamp) if config.timestamp else None
         self._id_dotted = config.identifier or ""
         self._id_path = _split(config.identifier) if config.identifier else None
+        #: Connected accounts (``mapping.stripe_account``): read by ``account``, not ``map``.
+        self._account_dotted = config.stripe_account or ""
+        self._account_path = _split(config.stripe_account) if config.stripe_account else None
         self._customer_key = config.customer_payload_key
         self._value_key = config.value_payload_key
         self._meters = tuple(
@@ -150,7 +159,9 @@ class Mapper:
         ]
         #: Top-level fields never copied as dimensions in the all-strings mode.
         self._not_dimensions = frozenset(
-            CANONICAL_FIELDS | payload_keys | {p[0] for p in mapped_paths if p}
+            CANONICAL_FIELDS
+            | payload_keys
+            | {p[0] for p in (*mapped_paths, self._account_path) if p}
         )
         # The fast path: every path a top-level key, one event per record.
         self._flat = all(p is None or len(p) == 1 for p in mapped_paths) and not self._meters
@@ -282,6 +293,27 @@ class Mapper:
                 "payload": payload,
             }
         ]
+
+    def account(self, record: dict[str, Any]) -> str | None:
+        """The connected account a record's events go to (``mapping.stripe_account``), or
+        None for the platform when the mapping has no such path. Never part of the event:
+        the body and identifier are the same whichever account bills it.
+
+        Missing, empty or not an ``acct_`` id: ``mapping_error``; not a string:
+        ``schema_violation``.
+        """
+        path = self._account_path
+        if path is None:
+            return None
+        raw = record.get(path[0]) if len(path) == 1 else _dig(record, path)
+        account = _text(raw, "connected account", self._account_dotted, MAX_ACCOUNT_LENGTH)
+        if not _ACCOUNT_ID.fullmatch(account):
+            _fail(
+                "mapping_error",
+                f"connected account at '{self._account_dotted}' is not a Stripe account id "
+                f"(acct_ followed by letters and digits): {_show(account)}",
+            )
+        return account
 
     def _map_fan_out(
         self,

@@ -36,6 +36,7 @@ from connector import metrics
 from connector.config import MappingConfig, MeterstreamConfig, StripeConfig
 from connector.errors import (
     AuthenticationError,
+    BackoffError,
     ConfigError,
     DeadLetterReason,
     StripeError,
@@ -102,18 +103,24 @@ def _nested(data: dict[str, Any], outer: str, inner: str) -> Any:
 
 
 async def list_meters(
-    config: StripeConfig, api_key: SecretStr, *, client: StripeV1Client | None = None
+    config: StripeConfig,
+    api_key: SecretStr,
+    *,
+    client: StripeV1Client | None = None,
+    account: str | None = None,
 ) -> list[Meter]:
-    """Every meter of the account, active and inactive, every page.
+    """Every meter of the account (the platform, or the connected ``account``), active and
+    inactive, every page.
 
     Raises BackoffError (an outage: retry later) or AuthenticationError (the key, its
     permissions or ``stripe.api_base`` are wrong).
     """
     if client is None:
         async with StripeV1Client(config, api_key, max_connections=1) as own:
-            return await list_meters(config, api_key, client=own)
+            return await list_meters(config, api_key, client=own, account=account)
     meters: list[Meter] = []
-    async for item in client.list_all(METERS_PATH, {}, "listing billing meters"):
+    doing = f"listing billing meters of {account}" if account else "listing billing meters"
+    async for item in client.list_all(METERS_PATH, {}, doing, account=account):
         try:
             meters.append(Meter.from_stripe(item))
         except ValueError as exc:
@@ -182,19 +189,28 @@ class MeterCatalog:
         fetch: Callable[[], Awaitable[list[Meter]]] | None = None,
         refresh_seconds: float = 60.0,
         enabled: bool = True,
+        account: str | None = None,
+        listed: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.enabled = enabled
+        #: The connected account whose meters these are; None: the platform.
+        self.account = account
         self._fetch = fetch
         self._refresh_seconds = refresh_seconds
         self._clock = clock
         self._by_name: dict[str, Meter] = {}
         self._verdicts: dict[tuple[str, str, str], MeterProblem | None] = {}
-        self._fetched_at = clock()
+        # ``listed=False``: ``meters`` is not a listing yet (a connected account seen for
+        # the first time), so the list is due at once and nothing is refused before it.
+        self._fetched_at = clock() if listed else float("-inf")
         self._early_at = float("-inf")
         self._early_wanted = False
         #: Why the last refresh failed (None after a success), for logs and /readyz.
         self.problem: str | None = None
+        #: A connected account's listing refused with a 4xx that is neither about the key
+        #: nor an outage (a deleted or unusable account): its events cannot be billed.
+        self.refused: StripeError | None = None
         self._replace(meters)
 
     # -- the list ---------------------------------------------------------------------------
@@ -220,7 +236,7 @@ class MeterCatalog:
                 by_name[meter.event_name] = meter
         self._by_name = by_name
         self._verdicts = {}
-        if self.enabled:
+        if self.enabled and self.account is None:  # the gauge is the platform's
             statuses = Counter(m.status for m in by_name.values())
             for status in ("active", "inactive"):
                 metrics.METERS.labels(status).set(statuses.get(status, 0))
@@ -245,6 +261,10 @@ class MeterCatalog:
         try:
             meters = await self._fetch()
         except StripeError as exc:
+            refused = self.account is not None and not isinstance(
+                exc, BackoffError | AuthenticationError
+            )
+            self.refused = exc if refused else None
             self.problem = f"cannot list billing meters: {exc}"
             log.warning("%s (keeping the list from before)", self.problem)
             return False
@@ -254,6 +274,7 @@ class MeterCatalog:
             self._early_at = now
         self._early_wanted = False
         self.problem = None
+        self.refused = None
         self._replace(meters)
         return True
 
@@ -289,9 +310,10 @@ class MeterCatalog:
     def _judge(self, event_name: str, customer_key: str, value_key: str) -> MeterProblem | None:
         meter = self._by_name.get(event_name)
         if meter is None:
+            where = f" in connected account {self.account}" if self.account else ""
             return MeterProblem(
                 "no_active_meter",
-                f"no meter has event name {event_name!r}: Stripe would drop the event "
+                f"no meter{where} has event name {event_name!r}: Stripe would drop the event "
                 "(create the meter in the Dashboard, then replay the dead letter)",
             )
         if not meter.active:
@@ -412,6 +434,22 @@ async def fetch_catalog(config: MeterstreamConfig, *, attempts: int | None = Non
     return MeterCatalog(meters, fetch=fetch, refresh_seconds=settings.refresh_seconds)
 
 
+def account_catalog(config: MeterstreamConfig, account: str) -> MeterCatalog:
+    """The catalog of a connected account: empty and due, so its first record makes the
+    meter gate list the account's meters (``Stripe-Context``) before deciding anything."""
+    settings = config.meters
+    if not settings.preflight:
+        return MeterCatalog((), enabled=False, account=account)
+    api_key = config.require_api_key()
+
+    async def fetch() -> list[Meter]:
+        return await list_meters(config.stripe, api_key, account=account)
+
+    return MeterCatalog(
+        (), fetch=fetch, refresh_seconds=settings.refresh_seconds, account=account, listed=False
+    )
+
+
 def _auth_setting(exc: AuthenticationError) -> str:
     return "stripe.api_base" if exc.status in (404, 405) else "stripe.api_key"
 
@@ -423,7 +461,10 @@ async def preflight(config: MeterstreamConfig) -> MeterCatalog:
     a ConfigError lists one line per problem (see ``MeterCatalog.problems``).
     """
     catalog = await fetch_catalog(config)
-    ensure_mapping_fits(catalog, config.mapping)
+    if not config.mapping.stripe_account:
+        # With connected accounts the mapping's event names must fit each account's meters,
+        # which the meter gate checks per record (the platform's may have none of them).
+        ensure_mapping_fits(catalog, config.mapping)
     return catalog
 
 

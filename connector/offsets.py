@@ -30,7 +30,7 @@ from typing import Any
 class PendingRecord:
     """A consumed record and what must still happen before its offset may be committed."""
 
-    __slots__ = ("dead_lettered", "message", "offset", "partition", "remaining")
+    __slots__ = ("account", "dead_lettered", "message", "offset", "partition", "remaining")
 
     def __init__(self, message: Any, partition: PartitionOffsets, offset: int) -> None:
         #: The confluent_kafka Message (key, value, headers are needed for dead letters).
@@ -41,6 +41,9 @@ class PendingRecord:
         self.remaining = 1
         #: True once a dead-letter write was started for the record or one of its events.
         self.dead_lettered = False
+        #: The connected account its events go to (``mapping.stripe_account``); None: the
+        #: platform.
+        self.account: str | None = None
 
     @property
     def resolved(self) -> bool:

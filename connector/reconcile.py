@@ -7,6 +7,10 @@ the same window (``GET /v1/billing/meters/{id}/event_summaries``, see ``docs/str
 Customers are those seen in Kafka plus any ``--customer``: a customer Stripe billed that
 Kafka never saw can only be found by naming it.
 
+With ``mapping.stripe_account`` the comparison is per connected account: each account's
+events (as ``run`` routes them) against that account's meters and summaries, read with
+``Stripe-Context``; the rows name the account.
+
 Exit 0 when every pair matches, 1 when any differs (or the reconciliation could not
 finish: the message says which), 2 for a bad invocation.
 """
@@ -19,7 +23,7 @@ import math
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -101,6 +105,8 @@ class Row:
     formula: str | None
     kafka: int
     stripe: float | None
+    #: The connected account compared (``mapping.stripe_account``); None: the platform.
+    account: str | None = None
 
     @property
     def status(self) -> Status:
@@ -118,7 +124,9 @@ class Row:
 
     def to_json(self) -> dict[str, Any]:
         """The row as a JSON object (numbers as numbers)."""
+        account = {"account": self.account} if self.account else {}
         return {
+            **account,
             "event_name": self.event_name,
             "customer": self.customer,
             "meter_id": self.meter_id,
@@ -186,8 +194,10 @@ async def stripe_values(
     start: int,
     end: int,
     progress: _Progress | None = None,
+    account: str | None = None,
 ) -> dict[tuple[str, str], float]:
-    """Each (meter, customer)'s aggregated value over [start, end), from event summaries."""
+    """Each (meter, customer)'s aggregated value over [start, end), from event summaries
+    (of the connected ``account``'s meters, if given)."""
     from connector.stripe_v1 import StripeV1Client, retry_outages
 
     api_key = config.require_api_key()
@@ -207,7 +217,10 @@ async def stripe_values(
                 rows = [
                     row
                     async for row in api.list_all(
-                        f"/v1/billing/meters/{meter.id}/event_summaries", params, doing
+                        f"/v1/billing/meters/{meter.id}/event_summaries",
+                        params,
+                        doing,
+                        account=account,
                     )
                 ]
                 return _aggregate(rows, meter.formula)
@@ -272,9 +285,20 @@ def compare(
 
 def render(rows: list[Row], summary: str) -> list[str]:
     """The table and the summary line, as text lines."""
-    header = ("EVENT NAME", "CUSTOMER", "METER ID", "FORMULA", "KAFKA", "STRIPE", "DIFF", "STATUS")
-    cells = [header] + [
+    header: tuple[str, ...] = (
+        "EVENT NAME",
+        "CUSTOMER",
+        "METER ID",
+        "FORMULA",
+        "KAFKA",
+        "STRIPE",
+        "DIFF",
+        "STATUS",
+    )
+    accounts = any(row.account for row in rows)
+    cells = [("ACCOUNT", *header) if accounts else header] + [
         (
+            *((row.account or "-",) if accounts else ()),
             row.event_name,
             row.customer,
             row.meter_id or "-",
@@ -286,8 +310,8 @@ def render(rows: list[Row], summary: str) -> list[str]:
         )
         for row in rows
     ]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
-    numeric = {4, 5, 6}
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    numeric = {5, 6, 7} if accounts else {4, 5, 6}
     lines = [
         "  ".join(
             cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
@@ -384,17 +408,22 @@ def main(args: argparse.Namespace) -> int:
         )
     progress = _Progress() if sys.stderr.isatty() else None
 
-    meters = _meters_by_name(
-        asyncio.run(
-            retry_outages(
-                lambda: list_meters(config.stripe, config.require_api_key()),
-                doing="listing billing meters",
-                initial_seconds=config.delivery.backoff_initial_seconds,
-                max_seconds=config.delivery.backoff_max_seconds,
-                attempts=STRIPE_ATTEMPTS,
+    def meters_of(account: str | None) -> dict[str, Meter]:
+        return _meters_by_name(
+            asyncio.run(
+                retry_outages(
+                    lambda: list_meters(config.stripe, config.require_api_key(), account=account),
+                    doing=f"listing billing meters of {account}"
+                    if account
+                    else "listing billing meters",
+                    initial_seconds=config.delivery.backoff_initial_seconds,
+                    max_seconds=config.delivery.backoff_max_seconds,
+                    attempts=STRIPE_ATTEMPTS,
+                )
             )
         )
-    )
+
+    platform = None if config.mapping.stripe_account else meters_of(None)
     since_ms = int((start - args.lookback_hours * HOUR) * 1000)
     ranges = committed_ranges(config, since_ms)
     dead = dead_letter_keys(config, ranges, progress)
@@ -407,11 +436,28 @@ def main(args: argparse.Namespace) -> int:
         event_names=args.event_name,
         progress=progress,
     )
-    pairs = pairs_to_compare(totals, meters, event_names=args.event_name, customers=args.customer)
-    with_meter = [(meters[name], customer) for name, customer in pairs if name in meters]
-    stripe = asyncio.run(stripe_values(config, with_meter, start=start, end=end, progress=progress))
-
-    rows = compare(totals, meters, pairs, stripe)
+    # The platform's tallies against its meters; or each connected account's against its own.
+    scopes: list[tuple[str | None, KafkaTotals, dict[str, Meter]]] = (
+        [(None, totals, platform)]
+        if platform is not None
+        else [
+            (account, replace(totals, tallies=tallies), meters_of(account))
+            for account, tallies in sorted(totals.by_account.items())
+        ]
+    )
+    rows: list[Row] = []
+    for account, scoped, meters in scopes:
+        pairs = pairs_to_compare(
+            scoped, meters, event_names=args.event_name, customers=args.customer
+        )
+        with_meter = [(meters[name], customer) for name, customer in pairs if name in meters]
+        stripe = asyncio.run(
+            stripe_values(
+                config, with_meter, start=start, end=end, progress=progress, account=account
+            )
+        )
+        rows += [replace(row, account=account) for row in compare(scoped, meters, pairs, stripe)]
+    rows.sort(key=lambda row: (row.status == "match", row.account or "", row.event_name))
     summary = summarise(rows, totals, start, end)
     for line in render(rows, summary):
         print(line)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -245,6 +246,10 @@ class Replayer:
         self._last_commit = 0.0
         self._changed = asyncio.Event()
         self._catalog: MeterCatalog | None = None
+        #: Connected accounts' meters, listed when their first letter comes; letters wait
+        #: in ``_parked`` meanwhile.
+        self._account_catalogs: dict[str, MeterCatalog] = {}
+        self._parked: dict[str, list[tuple[PendingRecord, list[MeterEventBody]]]] = {}
         self._customer_keys = {
             entry.event_name: entry.customer_payload_key or config.mapping.customer_payload_key
             for entry in config.mapping.fan_out
@@ -325,8 +330,36 @@ class Replayer:
             raise MeterstreamError(
                 f"Stripe unreachable for {self.timeout:g} s (--timeout) listing billing meters"
             ) from None
-        ensure_mapping_fits(catalog, self.config.mapping)
+        if not self.config.mapping.stripe_account:  # else: checked per account's meters
+            ensure_mapping_fits(catalog, self.config.mapping)
         return catalog
+
+    async def _list_parked(self) -> None:
+        """List the meters of the accounts whose letters wait, then check and send those."""
+        from connector.errors import MeterstreamError
+        from connector.meters import MeterCatalog, list_meters
+        from connector.stripe_v1 import retry_outages
+
+        config = self.config
+        api_key = config.require_api_key()
+        for account in list(self._parked):
+            try:
+                async with asyncio.timeout(self.timeout):
+                    meters = await retry_outages(
+                        functools.partial(list_meters, config.stripe, api_key, account=account),
+                        doing=f"listing billing meters of {account}",
+                        initial_seconds=config.delivery.backoff_initial_seconds,
+                        max_seconds=config.delivery.backoff_max_seconds,
+                        attempts=None,
+                    )
+            except TimeoutError:
+                raise MeterstreamError(
+                    f"Stripe unreachable for {self.timeout:g} s (--timeout) listing billing "
+                    f"meters of {account}"
+                ) from None
+            self._account_catalogs[account] = MeterCatalog(meters, account=account)
+            for record, events in self._parked.pop(account):
+                self._send_checked(record, events)
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -374,7 +407,7 @@ class Replayer:
         from connector.delivery import Delivery
         from connector.dlq import DeadLetterQueue
         from connector.ratelimit import RateLimiter
-        from connector.session import SessionProvider
+        from connector.session import AccountSessions
         from connector.sink import StripeSink
 
         config = self.config
@@ -384,12 +417,12 @@ class Replayer:
             max_connections=config.batching.max_in_flight,
         )
 
-        async def create_session() -> Any:
-            session = await sink.create_session()
+        async def create_session(account: str | None) -> Any:
+            session = await sink.create_session(account)
             log.info("meter event session %s created", session.id)
             return session
 
-        sessions = SessionProvider(
+        sessions = AccountSessions(
             create_session, renew_margin_seconds=config.stripe.session_renew_margin_seconds
         )
         self._delivery = Delivery(
@@ -415,6 +448,8 @@ class Replayer:
                 )
                 if messages:
                     self._ingest(messages, consumer)
+            if self._parked:
+                await self._list_parked()
             self._dispatch(force=not self._reading)
             if not self.dry_run:
                 self._dlq.poll()
@@ -444,6 +479,8 @@ class Replayer:
 
     def _done(self) -> bool:
         if self._reading or self._tasks or self._ready or self._batcher.buffered_events:
+            return False
+        if self._parked:
             return False
         if not self.dry_run and self._dlq.pending:
             return False
@@ -538,34 +575,57 @@ class Replayer:
         from connector.records import decode
 
         try:
+            decoded = decode(record.message.value(), self.config.records.max_bytes)
             events = self._mapper.map(
-                decode(record.message.value(), self.config.records.max_bytes),
+                decoded,
                 topic=origin.topic,
                 partition=origin.partition,
                 offset=origin.offset,
                 kafka_timestamp_ms=origin.timestamp_ms,
             )
             events = _named(events, origin)
-            self._check_meters(events)
+            # The account the connector routed it to, as its identifiers are the ones it used.
+            record.account = origin.account or self._mapper.account(decoded)
+        except RecordError as exc:
+            self._fail(record, exc.reason, exc.message)
+            return
+        account = record.account
+        if (
+            account is not None
+            and self._catalog is not None
+            and self._catalog.enabled
+            and account not in self._account_catalogs
+        ):
+            self._parked.setdefault(account, []).append((record, events))
+            return
+        self._send_checked(record, events)
+
+    def _send_checked(self, record: PendingRecord, events: list[MeterEventBody]) -> None:
+        """Check the events against their account's meters; batch them, or fail the letter."""
+        from connector.errors import RecordError
+
+        try:
+            self._check_meters(events, record.account)
         except RecordError as exc:
             self._fail(record, exc.reason, exc.message)
             return
         if self.dry_run:
-            self.report.counts(origin.reason).billed += 1
+            self.report.counts(self._letters[record].origin.reason).billed += 1
             self._resolve(record)
             return
         record.remaining = len(events)
         self._batcher.add(events, record)
 
-    def _check_meters(self, events: list[MeterEventBody]) -> None:
+    def _check_meters(self, events: list[MeterEventBody], account: str | None) -> None:
         from connector.errors import RecordError
 
-        if self._catalog is None:
+        catalog = self._account_catalogs.get(account) if account else self._catalog
+        if catalog is None:
             return
         mapping = self.config.mapping
         for event in events:
             name = event["event_name"]
-            problem = self._catalog.check(
+            problem = catalog.check(
                 name,
                 self._customer_keys.get(name, mapping.customer_payload_key),
                 self._value_keys.get(name, mapping.value_payload_key),

@@ -1,4 +1,10 @@
-"""The one meter event session per process: created lazily, renewed ahead of expiry, shared.
+"""Meter event sessions: one per account per process, created lazily, renewed ahead of
+expiry, shared.
+
+A session belongs to the account it was created for (the platform, or a connected account
+through ``Stripe-Context``), so ``AccountSessions`` keeps one ``SessionProvider`` per
+account, made on the first request for that account; each renews and single-flights on
+its own, as described below for one.
 
 Stripe's session tokens live 15 minutes. Every request of a process asks this provider for
 the current session (docs/architecture.md, "Sessions"):
@@ -44,6 +50,8 @@ class Session:
     token: str = field(repr=False)
     #: Epoch seconds (Stripe's ``expires_at``).
     expires_at: float
+    #: The connected account it was created for (``Stripe-Context``); None: the platform.
+    account: str | None = None
 
 
 class SessionProvider:
@@ -122,3 +130,68 @@ class SessionProvider:
             # Mark a failure as retrieved even when every waiter was cancelled: the
             # waiters that remain get it from their own await.
             task.exception()
+
+
+class AccountSessions:
+    """One ``SessionProvider`` per account (None: the platform), created on first use.
+
+    ``create(account)`` makes a session for that account. Accounts are never forgotten
+    while the process runs: a provider is a few hundred bytes, and a platform bills a
+    bounded set of connected accounts.
+    """
+
+    def __init__(
+        self,
+        create: Callable[[str | None], Awaitable[Session]] | None,
+        *,
+        renew_margin_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if renew_margin_seconds < 0:
+            raise ValueError("renew_margin_seconds must not be negative")
+        self._create = create
+        self._margin = renew_margin_seconds
+        self._clock = clock
+        self._providers: dict[str | None, SessionProvider] = {}
+
+    @classmethod
+    def of(cls, provider: SessionProvider) -> AccountSessions:
+        """The platform's provider alone (a batch for a connected account is an error)."""
+        sessions = cls(None, renew_margin_seconds=0)
+        sessions._providers[None] = provider
+        return sessions
+
+    def provider(self, account: str | None) -> SessionProvider:
+        """The provider of ``account``'s sessions, made on first use."""
+        provider = self._providers.get(account)
+        if provider is None:
+            create = self._create
+            if create is None:
+                raise RuntimeError(f"no session provider for account {account!r}")
+
+            async def create_for_account() -> Session:
+                return await create(account)
+
+            provider = self._providers[account] = SessionProvider(
+                create_for_account, renew_margin_seconds=self._margin, clock=self._clock
+            )
+        return provider
+
+    @property
+    def accounts(self) -> list[str | None]:
+        """The accounts that have asked for a session so far."""
+        return list(self._providers)
+
+    @property
+    def renewals(self) -> int:
+        """Sessions created so far, over every account."""
+        return sum(p.renewals for p in self._providers.values())
+
+    def seconds_until_expiry(self) -> float | None:
+        """The least time left on any account's current session; None before the first."""
+        left = [
+            seconds
+            for p in self._providers.values()
+            if (seconds := p.seconds_until_expiry()) is not None
+        ]
+        return min(left) if left else None

@@ -54,6 +54,8 @@ from connector.session import Session
 
 SESSION_PATH = "/v2/billing/meter_event_session"
 STREAM_PATH = "/v2/billing/meter_event_stream"
+#: The header that runs a request on a connected account (docs/stripe.md).
+STRIPE_CONTEXT = "Stripe-Context"
 #: Connections per httpx pool (see StripeSink: small pools keep httpcore's scans short).
 CONNECTIONS_PER_POOL = 4
 #: httpx connections for session requests (one at a time, a few per hour).
@@ -104,12 +106,16 @@ def _error_fields(answer: Answer) -> tuple[str | None, str | None, str]:
     )
 
 
-def translate_response(answer: Answer, *, session_endpoint: bool) -> StripeError:
-    """The StripeError for a non-200 answer."""
+def translate_response(
+    answer: Answer, *, session_endpoint: bool, account: str | None = None
+) -> StripeError:
+    """The StripeError for a non-200 answer (to a request for the connected ``account``)."""
     status = answer.status
     request_id = answer.headers.get("request-id")
     kind, code, message = _error_fields(answer)
     where = "creating a meter event session" if session_endpoint else "sending meter events"
+    if account is not None:
+        where += f" for connected account {account}"
     detail = f"HTTP {status} from Stripe {where}: {message}"
     if status == 429 or status >= 500 or status in _RETRYABLE_4XX:
         return BackoffError(
@@ -334,29 +340,39 @@ class StripeSink:
         """Whether meter events travel through the lean client."""
         return isinstance(self._stream, LeanTransport)
 
-    async def _post(self, transport: Transport, url: str, content: bytes, token: str) -> Answer:
-        """One attempt within ``stripe.request_timeout_seconds``, replayed once if unsent."""
+    async def _post(
+        self, transport: Transport, url: str, content: bytes, token: str, account: str | None
+    ) -> Answer:
+        """One attempt within ``stripe.request_timeout_seconds``, replayed once if unsent.
+
+        ``account``: a connected account, named in ``Stripe-Context`` (the session request
+        and every stream request with that session's token carry the same one).
+        """
         deadline = asyncio.get_running_loop().time() + self._config.request_timeout_seconds
         headers = {"Authorization": f"Bearer {token}"}
+        if account is not None:
+            headers[STRIPE_CONTEXT] = account
         try:
             return await transport.post(url, content, headers, deadline=deadline)
         except UnsentError:
             # Nothing reached Stripe; and were it otherwise, the identifiers make it safe.
             return await transport.post(url, content, headers, deadline=deadline)
 
-    async def create_session(self) -> Session:
-        """A new meter event session (authenticated with the API key)."""
+    async def create_session(self, account: str | None = None) -> Session:
+        """A new meter event session (authenticated with the API key) for the platform, or
+        for the connected ``account``."""
         answer = await self._post(
-            self._sessions, self._session_url, b"{}", self._api_key.get_secret_value()
+            self._sessions, self._session_url, b"{}", self._api_key.get_secret_value(), account
         )
         if answer.status != 200:
-            raise translate_response(answer, session_endpoint=True)
+            raise translate_response(answer, session_endpoint=True, account=account)
         try:
             body = orjson.loads(answer.body)
             return Session(
                 id=str(body["id"]),
                 token=str(body["authentication_token"]),
                 expires_at=_parse_time(body["expires_at"]),
+                account=account,
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise BackoffError(
@@ -369,9 +385,11 @@ class StripeSink:
     async def send_events(self, events: Sequence[MeterEventBody], session: Session) -> str | None:
         """Send one batch (1..100 events); return Stripe's Request-Id on HTTP 200."""
         content = orjson.dumps({"events": events})
-        answer = await self._post(self._stream, self._stream_url, content, session.token)
+        answer = await self._post(
+            self._stream, self._stream_url, content, session.token, session.account
+        )
         if answer.status != 200:
-            raise translate_response(answer, session_endpoint=False)
+            raise translate_response(answer, session_endpoint=False, account=session.account)
         return answer.headers.get("request-id")
 
     async def aclose(self) -> None:

@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from connector import __version__
 from connector.config import StripeConfig
 from connector.errors import AuthenticationError, BackoffError, StripeError
-from connector.sink import parse_retry_after
+from connector.sink import STRIPE_CONTEXT, parse_retry_after
 
 log = logging.getLogger("meterstream.stripe")
 _T = TypeVar("_T")
@@ -127,10 +127,14 @@ class StripeV1Client:
     ) -> None:
         await self._http.aclose()
 
-    async def get(self, path: str, params: Mapping[str, Any], doing: str) -> dict[str, Any]:
-        """One GET; the JSON object it answered, or a StripeError saying what failed."""
+    async def get(
+        self, path: str, params: Mapping[str, Any], doing: str, *, account: str | None = None
+    ) -> dict[str, Any]:
+        """One GET (on the connected ``account`` if given, through ``Stripe-Context``); the
+        JSON object it answered, or a StripeError saying what failed."""
+        headers = {STRIPE_CONTEXT: account} if account is not None else None
         try:
-            response = await self._http.get(path, params=params)
+            response = await self._http.get(path, params=params, headers=headers)
         except httpx.TimeoutException as exc:
             raise BackoffError(
                 f"timed out after {self._timeout:g} s {doing} ({type(exc).__name__})",
@@ -157,12 +161,17 @@ class StripeV1Client:
         return body
 
     async def list_all(
-        self, path: str, params: dict[str, str | int], doing: str
+        self,
+        path: str,
+        params: dict[str, str | int],
+        doing: str,
+        *,
+        account: str | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Every object of a v1 list, following ``starting_after`` until ``has_more`` is false."""
         query: dict[str, str | int] = {**params, "limit": PAGE_LIMIT}
         while True:
-            page = await self.get(path, query, doing)
+            page = await self.get(path, query, doing, account=account)
             data = page.get("data")
             if not isinstance(data, list):
                 raise BackoffError(

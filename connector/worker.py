@@ -40,11 +40,11 @@ from connector.lag import LagGauges
 from connector.logs import report_repeats
 from connector.mapping import Mapper, MeterEventBody
 from connector.meter_gate import MeterGate
-from connector.meters import MeterCatalog, preflight
+from connector.meters import MeterCatalog, account_catalog, preflight
 from connector.offsets import OffsetLedger, PartitionOffsets, PendingRecord
 from connector.ratelimit import RateLimiter
 from connector.records import decode
-from connector.session import Session, SessionProvider
+from connector.session import AccountSessions, Session
 from connector.sink import StripeSink
 
 log = logging.getLogger("meterstream.worker")
@@ -70,7 +70,7 @@ class Worker:
         consumer: GroupConsumer,
         delivery: Delivery,
         limit: concurrency.ConcurrencyLimit,
-        sessions: SessionProvider,
+        sessions: AccountSessions,
         dlq: DeadLetterQueue,
         catalog: MeterCatalog,
         reports: ErrorReportPoller | None = None,
@@ -87,7 +87,12 @@ class Worker:
         self._concurrency = limit
         self._sessions = sessions
         self._dlq = dlq
-        self._meters = MeterGate(catalog, config.mapping, refuse=self._refuse_checked)
+        self._meters = MeterGate(
+            catalog,
+            config.mapping,
+            refuse=self._refuse_checked,
+            catalog_for=functools.partial(account_catalog, config),
+        )
         #: Polls Stripe's error reports while this member owns the first topic's partition 0.
         self._reports = reports
         self._reports_task: asyncio.Task[None] | None = None
@@ -197,6 +202,7 @@ class Worker:
     def _ingest(self, messages: list[Any]) -> None:
         ledger = self._ledger
         mapper = self._mapper.map
+        account_of = self._mapper.account if self.config.mapping.stripe_account else None
         batcher_add = self._batcher.add
         max_bytes = self._max_bytes
         checking = self._meters.enabled
@@ -216,13 +222,16 @@ class Worker:
             record = state.track(msg, offset)
             consumed[topic] = consumed.get(topic, 0) + 1
             try:
+                decoded = decode(msg.value(), max_bytes)
                 events = mapper(
-                    decode(msg.value(), max_bytes),
+                    decoded,
                     topic=topic,
                     partition=partition,
                     offset=offset,
                     kafka_timestamp_ms=msg.timestamp()[1] or None,
                 )
+                if account_of is not None:
+                    record.account = account_of(decoded)
             except RecordError as exc:
                 self._refuse(record, exc.reason, exc.message, level=logging.INFO)
                 continue
@@ -415,7 +424,7 @@ class Worker:
         stripe = self._delivery.problem(
             not_ready_after=self.config.delivery.not_ready_after_seconds
         )
-        health.set_problem("stripe", stripe or self._meters.catalog.problem)
+        health.set_problem("stripe", stripe or self._meters.problem)
         health.set_problem("dead_letter", self._dlq.problem)
         health.set_problem("kafka", self.consumer.problem)
         expiry = self._sessions.seconds_until_expiry()
@@ -530,13 +539,14 @@ def run_worker(
         health.set_problem("stripe", None)
         sink = StripeSink(config.stripe, api_key, max_connections=config.batching.max_in_flight)
 
-        async def create_session() -> Session:
-            session = await sink.create_session()
+        async def create_session(account: str | None) -> Session:
+            session = await sink.create_session(account)
             metrics.SESSION_RENEWALS.inc()
-            log.info("meter event session %s created", session.id)
+            where = f" for connected account {account}" if account else ""
+            log.info("meter event session %s created%s", session.id, where)
             return session
 
-        sessions = SessionProvider(
+        sessions = AccountSessions(
             create_session, renew_margin_seconds=config.stripe.session_renew_margin_seconds
         )
         limit = concurrency.for_config(config.batching, on_change=metrics.CONCURRENCY_LIMIT.set)

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
+from meterstream_local.emulator.accounts import Accounts, UnknownContextError
 from meterstream_local.emulator.clock import rfc3339
 from meterstream_local.emulator.faults import Faults, KnobError, Knobs, Refusal
 from meterstream_local.emulator.meters import Meter, MeterSpecError, meter_from_mapping
@@ -134,6 +135,17 @@ def _api_key(scope: Scope, *, allow_basic: bool = True) -> str | None:
     return None
 
 
+def _context(scope: Scope, *, v1: bool) -> str | None:
+    """The account a request runs on: ``Stripe-Context`` (v1 also reads ``Stripe-Account``)."""
+    fallback = None
+    for name, value in scope["headers"]:
+        if name == b"stripe-context":
+            return value.decode("latin-1").strip() or None
+        if v1 and name == b"stripe-account":
+            fallback = value.decode("latin-1").strip() or None
+    return fallback
+
+
 def _valid_key(key: str | None) -> bool:
     return key is not None and any(
         key.startswith(prefix) and len(key) > len(prefix) for prefix in API_KEY_PREFIXES
@@ -148,7 +160,9 @@ class EmulatorApp:
     """The ASGI application; ``state`` and ``faults`` are shared with the Python API."""
 
     def __init__(self, state: EmulatorState, faults: Faults, *, initial_knobs: Knobs) -> None:
+        #: The platform account's state; connected accounts' states live in ``accounts``.
         self.state = state
+        self.accounts = Accounts(state, state.declared)
         self.faults = faults
         self.initial_knobs = initial_knobs
         self._request_ids = itertools.count(1)
@@ -233,18 +247,28 @@ class EmulatorApp:
                 return _refusal_response(refusal, v2)
         method = scope["method"]
         now = self.now()
+        try:
+            state = self.accounts.state(_context(scope, v1=not v2), now)
+        except UnknownContextError as exc:
+            if v2:
+                status, payload = v2_error(
+                    400, "invalid_request_error", "invalid_stripe_context", str(exc)
+                )
+            else:
+                status, payload = v1_error(400, str(exc), code="invalid_stripe_context")
+            return status, payload, None
         if endpoint == "meter_event_stream" and method == "POST":
-            return self._stream(scope, body, now)
+            return self._stream(scope, body, now, state)
         if endpoint == "meter_event_session" and method == "POST":
-            return self._session(scope, now)
+            return self._session(scope, now, state)
         if endpoint == "meter_event_adjustments" and method == "POST":
-            return self._adjustment(scope, body, now)
+            return self._adjustment(scope, body, now, state)
         if endpoint in ("meters", "event_summaries"):
-            return self._v1_meters(scope, method, path, body, now)
+            return self._v1_meters(scope, method, path, body, now, state=state)
         if endpoint == "events" and method == "GET":
-            return self._v2_events(scope, path, now)
+            return self._v2_events(scope, path, now, state)
         if endpoint == "customers" and method in ("GET", "POST"):
-            return self._v1_customers(scope, method, path, body, now)
+            return self._v1_customers(scope, method, path, body, now, state=state)
         if v2:
             status, payload = v2_error(
                 404,
@@ -256,7 +280,7 @@ class EmulatorApp:
             status, payload = v1_error(404, f"Unrecognized request URL ({method}: {path}).")
         return status, payload, None
 
-    def _stream(self, scope: Scope, body: bytes, now: float) -> Response:
+    def _stream(self, scope: Scope, body: bytes, now: float, state: EmulatorState) -> Response:
         token = _api_key(scope, allow_basic=False)  # session tokens travel as Bearer only
         if token is None:
             status, payload = v2_error(
@@ -274,9 +298,21 @@ class EmulatorApp:
                 "The meter event stream takes a meter event session token, not an API key.",
             )
             return status, payload, None
+        if not state.has_session(token):
+            found, owner = self.accounts.owner_of(token)
+            if found:  # a session of another account: refused, and not as an expiry
+                status, payload = v2_error(
+                    401,
+                    "invalid_request_error",
+                    "unauthorized",
+                    "This meter event session belongs to "
+                    f"{owner or 'the platform account'}: send the Stripe-Context it was "
+                    "created with.",
+                )
+                return status, payload, None
         knobs = self.faults.knobs
         if (
-            self.state.use_session(
+            state.use_session(
                 token,
                 now=now,
                 max_requests=knobs.session_max_requests,
@@ -294,7 +330,7 @@ class EmulatorApp:
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
-            self.state.record_rejection({}, "invalid_json")
+            state.record_rejection({}, "invalid_json")
             status, payload = v2_error(
                 400, "invalid_request_error", "invalid_json", "The request body is not valid JSON."
             )
@@ -308,23 +344,23 @@ class EmulatorApp:
         try:
             checked, dropped = check_events(
                 parsed,
-                self.state.meters,
+                state.meters,
                 auto_meters=knobs.auto_meters,
                 now=now,
-                customers=knobs.customers,
+                customers=knobs.customers if state.account is None else state.customer_ids,
                 drop_customers=knobs.drop_customers,
                 sync=knobs.sync_validation,
             )
         except RequestRejected as exc:
-            self.state.record_rejection(exc.codes, exc.code)
+            state.record_rejection(exc.codes, exc.code)
             status, payload = v2_error(
                 400, "invalid_request_error", exc.code, exc.message, exc.param
             )
             return status, payload, None
-        self.state.accept(checked, now, dropped, validation_delay=knobs.validation_delay_seconds)
+        state.accept(checked, now, dropped, validation_delay=knobs.validation_delay_seconds)
         return 200, _EMPTY_OBJECT, None
 
-    def _session(self, scope: Scope, now: float) -> Response:
+    def _session(self, scope: Scope, now: float, state: EmulatorState) -> Response:
         key = _api_key(scope)
         if not _valid_key(key):
             status, payload = v2_error(
@@ -335,12 +371,12 @@ class EmulatorApp:
             )
             return status, payload, None
         assert key is not None
-        session = self.state.create_session(
+        session = state.create_session(
             livemode=_livemode(key), ttl=self.faults.knobs.session_ttl_seconds, now=now
         )
         return 200, orjson.dumps(session.to_stripe()), None
 
-    def _adjustment(self, scope: Scope, body: bytes, now: float) -> Response:
+    def _adjustment(self, scope: Scope, body: bytes, now: float, state: EmulatorState) -> Response:
         key = _api_key(scope)
         if not _valid_key(key):
             status, payload = v2_error(
@@ -368,7 +404,7 @@ class EmulatorApp:
             return status, payload, None
         assert isinstance(parsed, dict)
         identifier = parsed["cancel"]["identifier"]
-        error = self.state.cancel(parsed["event_name"], identifier, now)
+        error = state.cancel(parsed["event_name"], identifier, now)
         if error == "resource_missing":
             status, payload = v2_error(
                 404,
@@ -404,14 +440,13 @@ class EmulatorApp:
 
     # -- v2 thin events ---------------------------------------------------------------------
 
-    def _v2_events(self, scope: Scope, path: str, now: float) -> Response:
+    def _v2_events(self, scope: Scope, path: str, now: float, state: EmulatorState) -> Response:
         key = _api_key(scope)
         if not _valid_key(key):
             status, payload = v2_error(
                 401, "invalid_request_error", "invalid_api_key", "Invalid API key provided."
             )
             return status, payload, None
-        state = self.state
         if path != EVENTS_PATH:
             event_id = path[len(EVENTS_PATH) + 1 :]
             event = state.thin_event(event_id, now) if "/" not in event_id else None
@@ -464,17 +499,19 @@ class EmulatorApp:
     # -- v1 customers -----------------------------------------------------------------------
 
     def _v1_customers(
-        self, scope: Scope, method: str, path: str, body: bytes, now: float
+        self, scope: Scope, method: str, path: str, body: bytes, now: float, *, state: EmulatorState
     ) -> Response:
         """Create and retrieve customers; creating one turns customer checks on."""
         if not _valid_key(_api_key(scope)):
             status, payload = v1_error(401, "Invalid API Key provided.", code="api_key_invalid")
             return status, payload, None
         knobs = self.faults.knobs
+        # The platform's customers are the ``customers`` knob; a connected account's its own.
+        known_ids = knobs.customers if state.account is None else state.customer_ids
         if method == "POST" and path == CUSTOMERS_PATH:
             params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
             customer_id = params.get("id") or f"cus_{secrets.token_hex(7)}"
-            if knobs.customers is not None and customer_id in knobs.customers:
+            if known_ids is not None and customer_id in known_ids:
                 status, payload = v1_error(
                     400,
                     f"Customer already exists: '{customer_id}'",
@@ -482,7 +519,10 @@ class EmulatorApp:
                     param="id",
                 )
                 return status, payload, None
-            self.faults.configure(customers=(knobs.customers or frozenset()) | {customer_id})
+            if state.account is None:
+                self.faults.configure(customers=(knobs.customers or frozenset()) | {customer_id})
+            else:
+                state.customer_ids = (state.customer_ids or frozenset()) | {customer_id}
             customer = {
                 "id": customer_id,
                 "object": "customer",
@@ -492,12 +532,12 @@ class EmulatorApp:
                 "metadata": {},
                 "name": params.get("name"),
             }
-            self.state.customer_objects[customer_id] = customer
+            state.customer_objects[customer_id] = customer
             return 200, orjson.dumps(customer), None
         customer_id = path[len(CUSTOMERS_PATH) :].strip("/")
         if method == "GET" and customer_id and "/" not in customer_id:
-            if knobs.customers is None or customer_id in knobs.customers:
-                known = self.state.customer_objects.get(customer_id) or {
+            if known_ids is None or customer_id in known_ids:
+                known = state.customer_objects.get(customer_id) or {
                     "id": customer_id,
                     "object": "customer",
                     "created": 0,
@@ -516,7 +556,9 @@ class EmulatorApp:
 
     # -- v1 meters --------------------------------------------------------------------------
 
-    def _v1_meters(self, scope: Scope, method: str, path: str, body: bytes, now: float) -> Response:
+    def _v1_meters(
+        self, scope: Scope, method: str, path: str, body: bytes, now: float, *, state: EmulatorState
+    ) -> Response:
         key = _api_key(scope)
         if key is None:
             status, payload = v1_error(
@@ -537,21 +579,21 @@ class EmulatorApp:
         try:
             if not parts:
                 if method == "GET":
-                    return self._list_meters(params)
+                    return self._list_meters(params, state)
                 if method == "POST":
-                    return self._create_meter(params, now)
+                    return self._create_meter(params, now, state)
             elif len(parts) == 1 and method in ("GET", "POST"):
-                meter = self.state.meter_by_id(parts[0])
+                meter = state.meter_by_id(parts[0])
                 if meter is not None:
                     return 200, orjson.dumps(meter.to_stripe()), None
                 return self._missing_meter(parts[0])
             elif len(parts) == 2 and parts[1] in ("deactivate", "reactivate") and method == "POST":
-                updated = self.state.set_meter_active(parts[0], parts[1] == "reactivate", now)
+                updated = state.set_meter_active(parts[0], parts[1] == "reactivate", now)
                 if updated is None:
                     return self._missing_meter(parts[0])
                 return 200, orjson.dumps(updated.to_stripe()), None
             elif len(parts) == 2 and parts[1] == "event_summaries" and method == "GET":
-                return self._event_summaries(parts[0], params)
+                return self._event_summaries(parts[0], params, state)
         except _ParamError as exc:
             status, payload = v1_error(400, exc.message, code=exc.code, param=exc.param)
             return status, payload, None
@@ -565,19 +607,19 @@ class EmulatorApp:
         )
         return status, payload, None
 
-    def _list_meters(self, params: dict[str, str]) -> Response:
+    def _list_meters(self, params: dict[str, str], state: EmulatorState) -> Response:
         limit = _int_param(params, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
         status_filter = params.get("status")
         if status_filter not in (None, "active", "inactive"):
             raise _ParamError("status must be active or inactive", "status", "parameter_invalid")
         # Newest first, as Stripe lists; ties (meters declared together) by event name.
-        meters = sorted(self.state.meter_list(), key=lambda m: (-m.created, m.event_name))
+        meters = sorted(state.meter_list(), key=lambda m: (-m.created, m.event_name))
         if status_filter is not None:
             meters = [m for m in meters if m.active == (status_filter == "active")]
         objects = [m.to_stripe() for m in meters]
         return 200, _page(objects, params, limit, METERS_PATH), None
 
-    def _create_meter(self, params: dict[str, str], now: float) -> Response:
+    def _create_meter(self, params: dict[str, str], now: float, state: EmulatorState) -> Response:
         entry: dict[str, Any] = {
             "event_name": params.get("event_name", ""),
             "display_name": params.get("display_name", ""),
@@ -597,7 +639,7 @@ class EmulatorApp:
             )
         try:
             meter: Meter = meter_from_mapping({k: v for k, v in entry.items() if v})
-            meter = self.state.add_meter(meter, now)
+            meter = state.add_meter(meter, now)
         except MeterSpecError as exc:
             param = (
                 "event_time_window"
@@ -609,8 +651,10 @@ class EmulatorApp:
             raise _ParamError(str(exc), "event_name", "parameter_invalid") from None
         return 200, orjson.dumps(meter.to_stripe()), None
 
-    def _event_summaries(self, meter_id: str, params: dict[str, str]) -> Response:
-        meter = self.state.meter_by_id(meter_id)
+    def _event_summaries(
+        self, meter_id: str, params: dict[str, str], state: EmulatorState
+    ) -> Response:
+        meter = state.meter_by_id(meter_id)
         if meter is None:
             return self._missing_meter(meter_id)
         customer = params.get("customer")
@@ -640,7 +684,7 @@ class EmulatorApp:
         windows = (
             [(w, w + step) for w in range(start, end, step)] if window_name else [(start, end)]
         )
-        rows = self.state.summaries(meter.event_name, customer, windows, meter.formula)
+        rows = state.summaries(meter.event_name, customer, windows, meter.formula)
         if window_name:  # grouped: only the windows that hold events
             rows = [row for row in rows if row[3]]
         objects = [
@@ -672,10 +716,14 @@ class EmulatorApp:
             return _control_error("the body must be a JSON object")
         if name == "health" and method == "GET":
             return 200, b'{"status":"ok"}', None
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        try:
+            # Which account's state: ``?account=acct_...`` or a Stripe-Context header.
+            state = self.accounts.state(query.get("account") or _context(scope, v1=False), now)
+        except UnknownContextError as exc:
+            return _control_error(str(exc))
         if name == "stats" and method == "GET":
-            report = self.state.stats(now)
-            report["knobs"] = self.faults.knobs.to_json()
-            report["faults_injected"] = dict(self.faults.injected)
+            report = self.stats(now, state)
             return 200, orjson.dumps(report), None
         if name == "freshness" and method == "GET":
             return 200, orjson.dumps(self.state.freshness()), None
@@ -692,24 +740,24 @@ class EmulatorApp:
                 return _control_error(str(exc))
             result: dict[str, Any] = {"knobs": knobs.to_json()}
             if expire:
-                result["expired_sessions"] = self.state.expire_sessions(self.now())
+                result["expired_sessions"] = self.accounts.expire_sessions(self.now())
             return 200, orjson.dumps(result), None
         if name == "expire_sessions" and method == "POST":
-            return 200, orjson.dumps({"expired_sessions": self.state.expire_sessions(now)}), None
+            expired = self.accounts.expire_sessions(now)
+            return 200, orjson.dumps({"expired_sessions": expired}), None
         if name == "reset" and method == "POST":
             self.reset(keep_knobs=bool(data.get("keep_knobs", False)))
             return 200, orjson.dumps({"knobs": self.faults.knobs.to_json()}), None
         if name == "seen" and method == "GET":
-            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
             identifier = query.get("identifier", "")
             return (
                 200,
-                orjson.dumps({"identifier": identifier, "seen": self.state.seen(identifier)}),
+                orjson.dumps({"identifier": identifier, "seen": state.seen(identifier)}),
                 None,
             )
         if name == "meters" and method == "POST":
             try:
-                meter = self.state.add_meter(meter_from_mapping(data), now)
+                meter = state.add_meter(meter_from_mapping(data), now)
             except ValueError as exc:  # MeterSpecError is a ValueError
                 return _control_error(str(exc))
             return 200, orjson.dumps(meter.to_stripe()), None
@@ -732,7 +780,17 @@ class EmulatorApp:
             self.faults.reset(self.initial_knobs)
         else:
             self.faults.reset(self.faults.knobs)
-        self.state.reset(self.now())
+        self.accounts.reset(self.now())
+
+    def stats(self, now: float, state: EmulatorState | None = None) -> dict[str, Any]:
+        """The inspection report of ``state`` (the platform by default), with the knobs,
+        the faults injected and the connected accounts seen."""
+        report = (state or self.state).stats(now)
+        report["account"] = (state or self.state).account
+        report["accounts"] = sorted(self.accounts.connected())
+        report["knobs"] = self.faults.knobs.to_json()
+        report["faults_injected"] = dict(self.faults.injected)
+        return report
 
 
 class _ParamError(Exception):

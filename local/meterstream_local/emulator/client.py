@@ -66,14 +66,16 @@ class EmulatorClient:
         except (httpx.HTTPError, RuntimeError):
             return False
 
-    def stats(self) -> dict[str, Any]:
-        """The inspection report (requests, events, sessions, meters with totals, knobs)."""
-        result: dict[str, Any] = self._call("GET", "stats")
+    def stats(self, *, account: str | None = None) -> dict[str, Any]:
+        """The inspection report (requests, events, sessions, meters with totals, knobs) of
+        the platform, or of the connected ``account``."""
+        params = {"account": account} if account else None
+        result: dict[str, Any] = self._call("GET", "stats", params=params)
         return result
 
-    def totals(self, event_name: str) -> dict[str, dict[str, int]]:
-        """customer -> {"sum", "count", "last"} accepted for ``event_name``."""
-        meter = self.stats()["meters"].get(event_name)
+    def totals(self, event_name: str, *, account: str | None = None) -> dict[str, dict[str, int]]:
+        """customer -> {"sum", "count", "last"} accepted for ``event_name`` (in ``account``)."""
+        meter = self.stats(account=account)["meters"].get(event_name)
         return dict(meter["customers"]) if meter else {}
 
     def freshness(self) -> dict[str, Any]:
@@ -108,10 +110,14 @@ class EmulatorClient:
         """Whether ``identifier`` was accepted within the 24-hour dedupe window."""
         return bool(self._call("GET", "seen", params={"identifier": identifier})["seen"])
 
-    def add_meter(self, event_name: str, **fields: Any) -> dict[str, Any]:
-        """Declare a meter (fields: formula, customer_key, value_key, display_name, status)."""
+    def add_meter(
+        self, event_name: str, *, account: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Declare a meter (fields: formula, customer_key, value_key, display_name, status)
+        on the platform, or in the connected ``account``."""
+        params = {"account": account} if account else None
         result: dict[str, Any] = self._call(
-            "POST", "meters", json={"event_name": event_name, **fields}
+            "POST", "meters", json={"event_name": event_name, **fields}, params=params
         )
         return result
 

@@ -98,9 +98,11 @@ class Meter:
         }
 
 
-def meter_id(event_name: str) -> str:
-    """A stable Stripe-shaped id for the meter of ``event_name``."""
-    digest = hashlib.sha256(event_name.encode()).hexdigest()[:24]
+def meter_id(event_name: str, account: str | None = None) -> str:
+    """A stable Stripe-shaped id for the meter of ``event_name`` (in a connected
+    ``account``: another id, as each account's meters are its own objects)."""
+    key = f"{account}/{event_name}" if account else event_name
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     return f"mtr_test_{digest}"
 
 

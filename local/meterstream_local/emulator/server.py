@@ -183,11 +183,15 @@ class EmulatorServer:
 
     def expire_sessions(self) -> int:
         """Expire every live session now; returns how many there were."""
-        return self.state.expire_sessions(self.app.now())
+        return self.app.accounts.expire_sessions(self.app.now())
 
-    def add_meter(self, meter: Meter) -> Meter:
-        """Declare a meter at run time."""
-        return self.state.add_meter(meter, self.app.now())
+    def add_meter(self, meter: Meter, *, account: str | None = None) -> Meter:
+        """Declare a meter at run time (on the platform, or a connected ``account``)."""
+        return self.account_state(account).add_meter(meter, self.app.now())
+
+    def account_state(self, account: str | None) -> EmulatorState:
+        """The state of a connected account (None: the platform's, ``state``)."""
+        return self.app.accounts.state(account, self.app.now())
 
     def reset(self, *, keep_knobs: bool = False) -> None:
         """Forget sessions, events and counters (and restore the start-up knobs)."""
@@ -201,9 +205,6 @@ class EmulatorServer:
         """Start the freshness measurement again."""
         self.state.reset_freshness(self.app.now())
 
-    def stats(self) -> dict[str, Any]:
-        """The same report as ``GET /_emulator/stats``."""
-        report = self.state.stats(self.app.now())
-        report["knobs"] = self.faults.knobs.to_json()
-        report["faults_injected"] = dict(self.faults.injected)
-        return report
+    def stats(self, *, account: str | None = None) -> dict[str, Any]:
+        """The same report as ``GET /_emulator/stats[?account=acct_...]``."""
+        return self.app.stats(self.app.now(), self.account_state(account))

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from meterstream_local.emulator.clock import rfc3339
-from meterstream_local.emulator.meters import WINDOW_SECONDS, Meter
+from meterstream_local.emulator.meters import WINDOW_SECONDS, Meter, meter_id
 from meterstream_local.emulator.reports import DroppedEvent, ErrorReports, ThinEvent
 from meterstream_local.emulator.validation import CheckedEvent
 
@@ -140,10 +140,19 @@ class Series:
 class EmulatorState:
     """Everything accepted so far; every public method is thread-safe."""
 
-    def __init__(self, meters: Iterable[Meter] = (), *, now: float = 0.0) -> None:
+    def __init__(
+        self, meters: Iterable[Meter] = (), *, now: float = 0.0, account: str | None = None
+    ) -> None:
         self._lock = threading.Lock()
+        #: The connected account this state belongs to (None: the platform).
+        self.account = account
         self._declared = list(meters)
         self._clear(now)
+
+    @property
+    def declared(self) -> list[Meter]:
+        """The meters declared at start-up (a reset brings them back)."""
+        return list(self._declared)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -165,10 +174,13 @@ class EmulatorState:
         self._start = 0  # first live slot
         self._batches: deque[tuple[float, int]] = deque()
         self.events_accepted = 0
-        self.reports = ErrorReports()
+        self.reports = ErrorReports(self.account)
         self._clear_freshness(now)
         #: Customers created with ``POST /v1/customers``: id -> Stripe's customer object.
         self.customer_objects: dict[str, dict[str, Any]] = {}
+        #: Customers created in a connected account (None until the first: any is known).
+        #: The platform's live in the ``customers`` knob.
+        self.customer_ids: frozenset[str] | None = None
         #: Monotonic times of the first and last accepted event (benchmarks time the span).
         self._first_accept: float | None = None
         self._last_accept: float | None = None
@@ -254,9 +266,15 @@ class EmulatorState:
         with self._lock:
             if meter.event_name in self.meters:
                 raise ValueError(f"a meter for event_name {meter.event_name!r} already exists")
-            meter = meter.stamped(int(now))
+            meter = self._own(meter).stamped(int(now))
             self.meters[meter.event_name] = meter
             return meter
+
+    def _own(self, meter: Meter) -> Meter:
+        """``meter`` as an object of this account: in a connected account, an id of its own."""
+        if self.account is None:
+            return meter
+        return replace(meter, id=meter_id(meter.event_name, self.account))
 
     def meter_list(self) -> list[Meter]:
         """A snapshot of every meter."""
@@ -326,6 +344,10 @@ class EmulatorState:
         session.uses += 1
         return "ok"
 
+    def has_session(self, token: str) -> bool:
+        """Whether ``token`` is a session of this account (live or expired)."""
+        return token in self._sessions
+
     def expire_sessions(self, now: float) -> int:
         """Expire every live session now; returns how many were live."""
         with self._lock:
@@ -382,7 +404,7 @@ class EmulatorState:
                     found = series_by_meter.get(name)
                     if found is None:
                         if name not in meters:  # auto_meters: validation let it through
-                            meters[name] = Meter(event_name=name).stamped(int(now))
+                            meters[name] = self._own(Meter(event_name=name)).stamped(int(now))
                         found = series_by_meter[name] = {}
                     by_customer, last_name, last_customer = found, name, None
                 if customer != last_customer or series is None:
@@ -437,7 +459,7 @@ class EmulatorState:
         meters = self.meters
         for _, code, _, _, name, _ in dropped:
             if code != "no_meter" and name not in meters:  # auto_meters let the name through
-                meters[name] = Meter(event_name=name).stamped(int(now))
+                meters[name] = self._own(Meter(event_name=name)).stamped(int(now))
         ids = {name: (meters[name].id if name in meters else None) for *_, name, _ in dropped}
         self.reports.add(dropped, ids, now=now, delay=delay)
 
