@@ -159,6 +159,16 @@ class UsageEncoder:
         value: bytes = self._serialize(fields, self._context)
         return value
 
+    def close(self) -> None:
+        """Close the registry client's HTTP connections."""
+        self._client.close()
+
+    def __enter__(self) -> UsageEncoder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def encode_json(self, value: bytes) -> bytes:
         """A canonical record given as JSON bytes (what ``samples.generate`` yields)."""
         return self.encode(orjson.loads(value))

@@ -1,0 +1,118 @@
+"""The Schema Registry configuration and the pure parts of decoding: the wire-format header
+and the normalisation of decoded values (the registry itself: tests/integration)."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import uuid
+
+import pytest
+
+from connector.config import SchemaRegistryConfig, load_config
+from connector.errors import ConfigError, RecordError
+from connector.registry_decode import RegistryDecoder, _normalised, _plain
+from meterstream_local.registry.encode import _protobuf_class
+
+URL = "http://127.0.0.1:1/apis/ccompat/v7"  # never contacted by these tests
+
+
+def test_a_registry_format_without_a_url_names_the_key_and_the_fix() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={}, overrides={"records": {"format": "protobuf"}})
+    [(key, message)] = caught.value.problems
+    assert key == "schema_registry.url"
+    assert "records.format is protobuf" in message
+    assert "set schema_registry.url" in message
+
+
+def test_an_unknown_format_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={}, overrides={"records": {"format": "xml"}})
+    assert caught.value.problems[0][0] == "records.format"
+
+
+def test_credentials_come_from_the_named_environment_variable() -> None:
+    overrides = {
+        "records": {"format": "avro"},
+        "schema_registry": {"url": URL, "basic_auth_user_info_env": "SR_AUTH"},
+    }
+    config = load_config(environ={"SR_AUTH": "reader:s3cret"}, overrides=overrides)
+    conf = config.schema_registry.client_conf()
+    assert conf["basic.auth.user.info"] == "reader:s3cret"
+    assert conf["url"] == URL
+    assert "s3cret" not in str(config.redacted_dict())
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={}, overrides=overrides)
+    assert "SR_AUTH" in str(caught.value)
+    with pytest.raises(ConfigError, match="user:password"):
+        load_config(environ={"SR_AUTH": "no-colon"}, overrides=overrides)
+
+
+def test_tls_files_must_exist() -> None:
+    with pytest.raises(ConfigError, match="ssl_ca_location"):
+        load_config(
+            environ={},
+            overrides={"schema_registry": {"url": URL, "ssl_ca_location": "/nonexistent/ca.pem"}},
+        )
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (None, "no value"),
+        (b"", "not in the Confluent wire format"),
+        (b'{"id": 1}', "starting with 0x7b"),
+        (b"\x00\x00\x01", "3 bytes"),
+    ],
+)
+def test_values_not_in_the_wire_format_are_invalid_encoding(value: bytes | None, says: str) -> None:
+    decoder = RegistryDecoder(SchemaRegistryConfig(url=URL), "avro")
+    assert decoder.cached(value), "a bad header needs no registry to refuse"
+    with pytest.raises(RecordError) as caught:
+        decoder.decode(value)
+    assert caught.value.reason == "invalid_encoding"
+    assert says in caught.value.message
+
+
+def test_the_header_names_the_schema_id() -> None:
+    decoder = RegistryDecoder(SchemaRegistryConfig(url=URL), "avro")
+    assert decoder.schema_id(b"\x00\x00\x00\x01\x02payload") == 258
+    assert not decoder.cached(b"\x00\x00\x00\x01\x02payload"), "not fetched yet"
+
+
+def test_avro_logical_types_become_what_the_mapper_reads() -> None:
+    moment = datetime.datetime(2026, 6, 1, 12, 0, 0, 123456, tzinfo=datetime.UTC)
+    record = {
+        "timestamp": moment,
+        "naive": datetime.datetime(2026, 6, 1, 12, 0, 0),
+        "usage": {"quantity": decimal.Decimal("12"), "share": decimal.Decimal("2.5")},
+        "day": datetime.date(2026, 6, 1),
+        "ref": uuid.UUID(int=1),
+        "tags": [{"at": moment}],
+    }
+    assert _normalised(record) == {
+        "timestamp": "2026-06-01T12:00:00.123Z",
+        "naive": "2026-06-01T12:00:00.000Z",
+        "usage": {"quantity": 12, "share": "2.5"},
+        "day": "2026-06-01",
+        "ref": "00000000-0000-0000-0000-000000000001",
+        "tags": [{"at": "2026-06-01T12:00:00.123Z"}],
+    }
+
+
+def test_protobuf_messages_become_dicts_with_zero_values_and_rfc3339_times() -> None:
+    message = _protobuf_class()(id="r1", customer="cus_1", event_name="api", region="")
+    message.usage.quantity = 0
+    message.timestamp.FromDatetime(datetime.datetime(2026, 6, 1, 12, 0, 0, 5000))
+    assert _plain(message) == {
+        "id": "r1",
+        "customer": "cus_1",
+        "event_name": "api",
+        "usage": {"quantity": 0},
+        "timestamp": "2026-06-01T12:00:00.005Z",
+        "region": "",
+    }
+    unset = _protobuf_class()(id="r2")
+    assert "usage" not in _plain(unset), "an unset message field is absent, as in JSON"
+    assert "timestamp" not in _plain(unset)
