@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from connector.config import RecordFormat, SchemaRegistryConfig
+from connector.config import MeterstreamConfig, RecordFormat, SchemaRegistryConfig
 from connector.errors import RecordError, RegistryUnavailableError
 from connector.timestamps import format_rfc3339_ms
 
@@ -54,6 +54,28 @@ def _no_subject(*_args: Any) -> None:
 
 #: The same for every deserializer: the writer's schema, nothing else.
 _DESERIALIZER_CONF: dict[str, Any] = {"subject.name.strategy": _no_subject}
+
+
+def value_decoder(config: MeterstreamConfig) -> Callable[[bytes | None], dict[str, Any]]:
+    """``records.decode`` for JSON, else a registry decode that may block on a fetch: for
+    the commands that read records outside the consume loop (``replay``, ``reconcile``).
+    A registry outage raises RegistryUnavailableError, which ends them with its message."""
+    from connector import records
+
+    max_bytes = config.records.max_bytes
+    if config.records.format == "json":
+        return lambda value: records.decode(value, max_bytes)
+    decoder = RegistryDecoder(config.schema_registry, config.records.format)
+
+    def decode(value: bytes | None) -> dict[str, Any]:
+        if value is not None and len(value) > max_bytes:
+            raise RecordError(
+                "record_too_large",
+                f"record value is {len(value)} bytes, over records.max_bytes ({max_bytes})",
+            )
+        return decoder.decode(value)
+
+    return decode
 
 
 class RegistryDecoder:
