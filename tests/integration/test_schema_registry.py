@@ -30,6 +30,7 @@ from tests.integration.harness import (
     headers_of,
     produce,
     read_topic,
+    run_meterstream,
     scrape,
     wait_until,
 )
@@ -201,3 +202,30 @@ def test_a_registry_outage_holds_records_until_it_is_back(
     ends = end_offsets(world.bootstrap, world.topic, world.partitions)
     assert committed(world.bootstrap, world.group_id, world.topic, world.partitions) == ends
     assert "Schema Registry answers again" in process.log_path.read_text()
+
+
+def test_the_demo_bills_avro_records_and_reconciles_them(
+    kafka_bootstrap: str, schema_registry_url: str
+) -> None:
+    result = run_meterstream(
+        "demo",
+        "--format",
+        "avro",
+        "--records",
+        "600",
+        "--bad-every",
+        "25",
+        env={
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "SCHEMA_REGISTRY_URL": schema_registry_url,
+            "COLUMNS": "120",
+        },
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "every record billed exactly once or dead-lettered" in out
+    assert "records produced: 600" in out
+    assert "dead-lettered: 24" in out
+    assert "invalid_encoding" in out
+    assert "✗" not in out
