@@ -49,14 +49,19 @@ class RegistryGate:
         self._task: asyncio.Future[list[Decoded]] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="schema-registry")
         self._retry_at = 0.0
-        self._failures = 0
-        #: Why the registry is failing (not ready while set), or None.
-        self.problem: str | None = None
+        self._failed_attempts = 0
+        #: Why the last attempt failed (written by the registry thread), or None.
+        self._failure: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        """Why records wait for the registry (not ready), or None: nothing waits for it."""
+        return self._failure if self._held else None
 
     @property
     def blocked(self) -> bool:
         """Whether records wait for a registry that failed its last attempt (pause fetching)."""
-        return self.problem is not None and bool(self._held)
+        return self.problem is not None
 
     @property
     def held(self) -> int:
@@ -72,8 +77,8 @@ class RegistryGate:
             )
         decoder = self._decoder
         if self._held or not decoder.cached(value):
-            # Held records go first: later ones of a known schema must not overtake a
-            # registry problem unnoticed (and order is kept for the logs).
+            # Once one record waits for the registry, later ones wait behind it: an outage
+            # holds everything fetched, and fetching pauses, until the registry answers.
             self._held.append(record)
             return None
         try:
@@ -106,16 +111,16 @@ class RegistryGate:
             except RecordError as exc:
                 decoded.append((record, exc))
             except RegistryUnavailableError as exc:
-                self.problem = str(exc)
+                self._failure = str(exc)
                 return decoded
-        self.problem = None
+        self._failure = None
         return decoded
 
     def _finish(self, task: asyncio.Future[list[Decoded]]) -> list[Decoded]:
         failure = None if task.cancelled() else task.exception()
         if failure is not None:
             log.error("decoding held records failed unexpectedly", exc_info=failure)
-            self.problem = f"decoding held records failed: {failure}"
+            self._failure = f"decoding held records failed: {failure}"
             decoded: list[Decoded] = []
         else:
             decoded = task.result()
@@ -125,20 +130,20 @@ class RegistryGate:
             for record in self._held
             if id(record) not in done and not record.partition.closed
         ]
-        if self.problem is None:
-            if self._failures:
+        if self._failure is None:
+            if self._failed_attempts:
                 log.info("Schema Registry answers again: %d held records released", len(done))
-            self._failures = 0
+            self._failed_attempts = 0
             self._retry_at = 0.0
         else:
-            self._failures += 1
-            delay = min(RETRY_MAX_SECONDS, RETRY_INITIAL_SECONDS * 2 ** (self._failures - 1))
+            self._failed_attempts += 1
+            delay = min(RETRY_MAX_SECONDS, RETRY_INITIAL_SECONDS * 2 ** (self._failed_attempts - 1))
             self._retry_at = self._clock() + delay
             log.warning(
                 "Schema Registry unavailable, %d records held (retrying in %.1f s): %s",
                 len(self._held),
                 delay,
-                self.problem,
+                self._failure,
             )
         # Records of partitions revoked meanwhile are the next owner's: not ours to resolve.
         return [(record, outcome) for record, outcome in decoded if not record.partition.closed]

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import http.server
+import json
+import socket
+import threading
 import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from connector.config import SchemaRegistryConfig, load_config
-from connector.errors import ConfigError, RecordError
+from connector.errors import ConfigError, RecordError, RegistryUnavailableError
 from connector.registry_decode import RegistryDecoder, _normalised, _plain
 from meterstream_local.registry.encode import _protobuf_class
 
@@ -116,3 +121,60 @@ def test_protobuf_messages_become_dicts_with_zero_values_and_rfc3339_times() -> 
     unset = _protobuf_class()(id="r2")
     assert "usage" not in _plain(unset), "an unset message field is absent, as in JSON"
     assert "timestamp" not in _plain(unset)
+
+
+class _Registry(http.server.BaseHTTPRequestHandler):
+    """A loopback stand-in that answers every request with the status its path asks for."""
+
+    def do_GET(self) -> None:
+        status = int(self.path.split("/")[1])
+        body = json.dumps({"error_code": status * 100 + 3, "message": "as asked"}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        return
+
+
+@pytest.fixture
+def answering() -> Iterator[Callable[[int], str]]:
+    """``url(status)``: a registry URL on loopback whose every answer has that status."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield lambda status: f"http://127.0.0.1:{server.server_address[1]}/{status}"
+    server.shutdown()
+    server.server_close()
+
+
+VALUE = b"\x00\x00\x00\x00\x07\x02"
+
+
+@pytest.mark.parametrize("status", [500, 503, 401])
+def test_a_registry_that_fails_is_an_outage_not_a_bad_record(
+    answering: Callable[[int], str], status: int
+) -> None:
+    decoder = RegistryDecoder(SchemaRegistryConfig(url=answering(status)), "avro")
+    with pytest.raises(RegistryUnavailableError, match=f"HTTP {status}"):
+        decoder.decode(VALUE)
+    assert not decoder.cached(VALUE), "tried again next time"
+
+
+def test_a_registry_that_is_not_there_is_an_outage() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    decoder = RegistryDecoder(SchemaRegistryConfig(url=url), "protobuf")
+    with pytest.raises(RegistryUnavailableError, match="unreachable"):
+        decoder.decode(VALUE)
+
+
+def test_an_unknown_schema_id_is_the_record_s_fault(answering: Callable[[int], str]) -> None:
+    decoder = RegistryDecoder(SchemaRegistryConfig(url=answering(404)), "json_schema")
+    with pytest.raises(RecordError) as caught:
+        decoder.decode(VALUE)
+    assert caught.value.reason == "invalid_encoding"
+    assert "schema id 7, which the Schema Registry does not have" in caught.value.message
