@@ -296,53 +296,89 @@ def _timestamp_text(moment: datetime.datetime) -> str:
 
 def _plain(message: Any) -> Any:
     """A Protobuf message as a dict: every field of it, as its JSON would hold it."""
-    from google.protobuf.descriptor import FieldDescriptor
-
     descriptor = message.DESCRIPTOR
-    full_name = descriptor.full_name
-    if full_name == "google.protobuf.Timestamp":
-        seconds = message.seconds + message.nanos / 1e9
-        try:
-            return format_rfc3339_ms(seconds)
-        except ValueError:
-            return seconds
-    if full_name in _WRAPPERS:
-        return message.value
-    if full_name in _JSON_TYPES:
-        from google.protobuf import json_format
-
-        return json_format.MessageToDict(message)
+    plan = _PLANS.get(descriptor)
+    if plan is None:
+        plan = _PLANS[descriptor] = _plan(descriptor)
+    if callable(plan):
+        return plan(message)
     result: dict[str, Any] = {}
-    for field in descriptor.fields:
-        if field.has_presence and not message.HasField(field.name):
+    for name, presence, convert in plan:
+        if presence and not message.HasField(name):
             continue  # an unset message, optional or oneof member: absent, as in JSON
-        value = getattr(message, field.name)
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            value_field = field.message_type.fields_by_name["value"]
-            result[field.name] = {
-                key: _field_value(value_field, item, FieldDescriptor) for key, item in value.items()
-            }
-        elif _is_repeated(field, FieldDescriptor):
-            result[field.name] = [_field_value(field, item, FieldDescriptor) for item in value]
-        else:
-            result[field.name] = _field_value(field, value, FieldDescriptor)
+        value = getattr(message, name)
+        result[name] = value if convert is None else convert(value)
     return result
 
 
-def _is_repeated(field: Any, field_descriptor: Any) -> bool:
-    repeated = getattr(field, "is_repeated", None)
+#: Per message type, how to read it: a function for the well-known types, else per field
+#: (name, whether it can be unset, how to convert its value: None for a plain scalar).
+_Plan = Callable[[Any], Any] | list[tuple[str, bool, Callable[[Any], Any] | None]]
+_PLANS: dict[Any, _Plan] = {}
+
+
+def _plan(descriptor: Any) -> _Plan:
+    """How ``_plain`` reads messages of this type (worked out once per type)."""
+    full_name = descriptor.full_name
+    if full_name == "google.protobuf.Timestamp":
+        return _timestamp_message
+    if full_name in _WRAPPERS:
+        return lambda message: message.value
+    if full_name in _JSON_TYPES:
+        from google.protobuf import json_format
+
+        to_dict: Callable[[Any], Any] = json_format.MessageToDict
+        return to_dict
+    fields: list[tuple[str, bool, Callable[[Any], Any] | None]] = []
+    for field in descriptor.fields:
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            item = _converter(entry.fields_by_name["value"])
+            convert: Callable[[Any], Any] | None = dict if item is None else _map_of(item)
+        elif _is_repeated(field):
+            item = _converter(field)
+            convert = list if item is None else _list_of(item)
+        else:
+            convert = _converter(field)
+        fields.append((field.name, bool(field.has_presence), convert))
+    return fields
+
+
+def _converter(field: Any) -> Callable[[Any], Any] | None:
+    """How one value of ``field`` becomes JSON-like: None when it already is."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return _plain
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        names = {value.number: value.name for value in field.enum_type.values}
+        return lambda number: names.get(number, number)
+    return None
+
+
+def _list_of(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda values: [convert(value) for value in values]
+
+
+def _map_of(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda values: {key: convert(value) for key, value in values.items()}
+
+
+def _is_repeated(field: Any) -> bool:
+    repeated = getattr(field, "is_repeated", None)  # protobuf >= 5.28; label before
     if repeated is not None:
         return bool(repeated)
-    return bool(field.label == field_descriptor.LABEL_REPEATED)
+    from google.protobuf.descriptor import FieldDescriptor
+
+    return bool(field.label == FieldDescriptor.LABEL_REPEATED)
 
 
-def _field_value(field: Any, value: Any, field_descriptor: Any) -> Any:
-    if field.type == field_descriptor.TYPE_MESSAGE:
-        return _plain(value)
-    if field.type == field_descriptor.TYPE_ENUM:
-        named = field.enum_type.values_by_number.get(value)
-        return named.name if named is not None else value
-    return value
+def _timestamp_message(message: Any) -> Any:
+    seconds = message.seconds + message.nanos / 1e9
+    try:
+        return format_rfc3339_ms(seconds)
+    except ValueError:
+        return seconds
 
 
 #: Protobuf's JSON-valued types: their JSON is what the mapper reads.

@@ -178,3 +178,52 @@ def test_an_unknown_schema_id_is_the_record_s_fault(answering: Callable[[int], s
         decoder.decode(VALUE)
     assert caught.value.reason == "invalid_encoding"
     assert "schema id 7, which the Schema Registry does not have" in caught.value.message
+
+
+def test_protobuf_repeated_map_and_enum_fields_read_as_their_json() -> None:
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    from google.protobuf.message_factory import GetMessageClass
+
+    kinds = descriptor_pb2.FieldDescriptorProto
+    file_proto = descriptor_pb2.FileDescriptorProto(
+        name="unit/shapes.proto", package="unit", syntax="proto3"
+    )
+    plan = file_proto.enum_type.add(name="Plan")
+    plan.value.add(name="FREE", number=0)
+    plan.value.add(name="PRO", number=1)
+    shape = file_proto.message_type.add(name="Shape")
+    entry = shape.nested_type.add(name="LimitsEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=kinds.TYPE_STRING, label=kinds.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=kinds.TYPE_INT64, label=kinds.LABEL_OPTIONAL)
+    repeated = kinds.LABEL_REPEATED
+    shape.field.add(name="tags", number=1, type=kinds.TYPE_STRING, label=repeated)
+    shape.field.add(
+        name="limits",
+        number=2,
+        type=kinds.TYPE_MESSAGE,
+        label=repeated,
+        type_name=".unit.Shape.LimitsEntry",
+    )
+    shape.field.add(
+        name="plan",
+        number=3,
+        type=kinds.TYPE_ENUM,
+        label=kinds.LABEL_OPTIONAL,
+        type_name=".unit.Plan",
+    )
+    shape.field.add(
+        name="plans", number=4, type=kinds.TYPE_ENUM, label=repeated, type_name=".unit.Plan"
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file_proto)
+    message = GetMessageClass(pool.FindMessageTypeByName("unit.Shape"))(
+        tags=["a", "b"], plan=1, plans=[0, 1]
+    )
+    message.limits["calls"] = 5
+    assert _plain(message) == {
+        "tags": ["a", "b"],
+        "limits": {"calls": 5},
+        "plan": "PRO",
+        "plans": ["FREE", "PRO"],
+    }
