@@ -25,6 +25,7 @@ import datetime
 import decimal
 import io
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,8 @@ MAGIC_BYTE = 0
 HEADER_BYTES = 5
 #: HTTP status of a schema id the registry does not have.
 NOT_FOUND = 404
+#: How long "the registry does not have schema id N" is believed before asking again.
+MISSING_TTL_SECONDS = 60.0
 #: The lowest HTTP status that is the registry's failure, not the request's.
 SERVER_ERROR = 500
 #: Plain values: returned as they are, without a look inside.
@@ -99,6 +102,10 @@ class RegistryDecoder:
         self._client = client
         #: Schema ids whose schema the client holds.
         self._fetched: set[int] = set()
+        #: Schema ids the registry said it does not have, until when that answer is trusted:
+        #: a stream of values naming unknown ids costs one request per id per minute.
+        self._missing: dict[int, tuple[float, str]] = {}
+        self._clock = time.monotonic
         self._lock = threading.Lock()
         #: Protobuf: one deserializer per (schema id, message indexes), built on first use.
         self._protobuf: dict[tuple[int, tuple[int, ...]], Deserializer] = {}
@@ -133,7 +140,11 @@ class RegistryDecoder:
         """Whether decoding ``value`` needs no registry request (also true for a bad value)."""
         if value is None or len(value) < HEADER_BYTES or value[0] != MAGIC_BYTE:
             return True
-        return int.from_bytes(value[1:HEADER_BYTES], "big") in self._fetched
+        schema_id = int.from_bytes(value[1:HEADER_BYTES], "big")
+        if schema_id in self._fetched:
+            return True
+        missing = self._missing.get(schema_id)
+        return missing is not None and missing[0] > self._clock()
 
     def decode(self, value: bytes | None) -> dict[str, Any]:
         """The record as the mapper takes it; RecordError or RegistryUnavailableError."""
@@ -163,15 +174,20 @@ class RegistryDecoder:
         """Ask the registry for the schema (cached by the client from then on)."""
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+        missing = self._missing.get(schema_id)
+        if missing is not None and missing[0] > self._clock():
+            raise RecordError("invalid_encoding", missing[1])
         try:
             self._client.get_schema(schema_id, fmt=self._fmt)
         except SchemaRegistryError as exc:
             if exc.http_status_code == NOT_FOUND:
-                raise RecordError(
-                    "invalid_encoding",
+                message = (
                     f"record value names schema id {schema_id}, which the Schema Registry "
-                    f"does not have ({exc.error_message})",
-                ) from None
+                    f"does not have ({exc.error_message})"
+                )
+                with self._lock:
+                    self._missing[schema_id] = (self._clock() + MISSING_TTL_SECONDS, message)
+                raise RecordError("invalid_encoding", message) from None
             raise RegistryUnavailableError(
                 f"Schema Registry answered HTTP {exc.http_status_code} for schema id "
                 f"{schema_id}: {exc.error_message}"

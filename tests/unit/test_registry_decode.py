@@ -126,7 +126,11 @@ def test_protobuf_messages_become_dicts_with_zero_values_and_rfc3339_times() -> 
 class _Registry(http.server.BaseHTTPRequestHandler):
     """A loopback stand-in that answers every request with the status its path asks for."""
 
+    #: Requests answered, over every server of the test session.
+    answered = 0
+
     def do_GET(self) -> None:
+        type(self).answered += 1
         status = int(self.path.split("/")[1])
         body = json.dumps({"error_code": status * 100 + 3, "message": "as asked"}).encode()
         self.send_response(status)
@@ -227,3 +231,20 @@ def test_protobuf_repeated_map_and_enum_fields_read_as_their_json() -> None:
         "plan": "PRO",
         "plans": ["FREE", "PRO"],
     }
+
+
+def test_an_unknown_schema_id_is_asked_for_once_a_minute(answering: Callable[[int], str]) -> None:
+    decoder = RegistryDecoder(SchemaRegistryConfig(url=answering(404)), "avro")
+    now = [1000.0]
+    decoder._clock = lambda: now[0]
+    before = _Registry.answered
+    for _ in range(3):
+        with pytest.raises(RecordError, match="does not have"):
+            decoder.decode(VALUE)
+    assert _Registry.answered == before + 1, "the answer is remembered"
+    assert decoder.cached(VALUE), "so the next value needs no request"
+    now[0] += 61
+    assert not decoder.cached(VALUE)
+    with pytest.raises(RecordError):
+        decoder.decode(VALUE)
+    assert _Registry.answered == before + 2, "asked again after a minute"
