@@ -42,8 +42,6 @@ HEADER_BYTES = 5
 NOT_FOUND = 404
 #: How long "the registry does not have schema id N" is believed before asking again.
 MISSING_TTL_SECONDS = 60.0
-#: The lowest HTTP status that is the registry's failure, not the request's.
-SERVER_ERROR = 500
 #: Plain values: returned as they are, without a look inside.
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -89,17 +87,13 @@ class RegistryDecoder:
     asks the registry and may block for up to ``request_timeout_seconds``.
     """
 
-    def __init__(
-        self, registry: SchemaRegistryConfig, record_format: RecordFormat, *, client: Any = None
-    ) -> None:
+    def __init__(self, registry: SchemaRegistryConfig, record_format: RecordFormat) -> None:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
         if record_format == "json":
             raise ValueError("records.format json needs no Schema Registry decoder")
         self.format = record_format
-        if client is None:
-            client = SchemaRegistryClient(registry.client_conf())
-        self._client = client
+        self._client = SchemaRegistryClient(registry.client_conf())
         #: Schema ids whose schema the client holds.
         self._fetched: set[int] = set()
         #: Schema ids the registry said it does not have, until when that answer is trusted:
@@ -127,12 +121,11 @@ class RegistryDecoder:
         if value is None:
             raise RecordError("invalid_encoding", "record has no value (null, e.g. a tombstone)")
         if len(value) < HEADER_BYTES or value[0] != MAGIC_BYTE:
-            first = f"0x{value[0]:02x}" if value else "nothing"
+            found = f"{len(value)} bytes starting with 0x{value[0]:02x}" if value else "empty"
             raise RecordError(
                 "invalid_encoding",
                 f"record value is not in the Confluent wire format of records.format "
-                f"{self.format}: {len(value)} bytes starting with {first}, expected the "
-                f"magic byte 0x00 and a 4-byte schema id",
+                f"{self.format}: {found}, expected the magic byte 0x00 and a 4-byte schema id",
             )
         return int.from_bytes(value[1:HEADER_BYTES], "big")
 

@@ -1,7 +1,7 @@
 """Schema Registry records on the hot path: decode now, or hold until the registry answers.
 
 A value whose schema the decoder holds already is decoded on the loop (no network). The
-first value of a schema id not seen yet is held, with every later one of that kind, and its
+first value of a schema id not seen yet is held, with every record after it, and its
 schema is fetched on a thread of its own, so a slow registry never stalls the loop. A fetch
 that fails because the registry is unreachable, times out or answers 5xx is an outage: the
 records stay held (unresolved, so nothing is committed past them), the worker pauses
