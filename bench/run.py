@@ -7,7 +7,10 @@ each emulator latency (0 and 20 ms added per request), measures:
 1. ceiling: batch consume + JSON decode only (bench/ceiling.py);
 2. naive: one consumer, 100 events, a synchronous POST, commit, repeat (bench/naive.py),
    time-boxed (its rate is steady);
-3. meterstream in burst mode with its defaults, then with ``--workers 2``.
+3. meterstream in burst mode with its defaults, then with ``--workers 2``;
+4. with ``--format avro`` (or protobuf, json_schema): meterstream again, one process, on a
+   second topic holding the same records in that format through a local Apicurio Schema
+   Registry (or SCHEMA_REGISTRY_URL): the cost of decoding with the registry's schemas.
 
 Every meterstream run is checked: the emulator must have accepted exactly one event per
 record, so a fast wrong run is never reported. Figures go to a JSON file and a PNG chart.
@@ -16,6 +19,7 @@ record, so a fast wrong run is never reported. Figures go to a JSON file and a P
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import resource
@@ -53,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-seconds", type=float, default=NAIVE_SECONDS)
     parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
     parser.add_argument("--quick", action="store_true", help="a small smoke run (20,000)")
+    parser.add_argument(
+        "--format",
+        choices=("json", "avro", "protobuf", "json_schema"),
+        default="json",
+        help="also bill the records encoded in this Schema Registry format (a row of its own)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.records = min(args.records, 20_000)
@@ -70,12 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         "partitions": args.partitions,
         "runs": [],
     }
-    with cluster() as bootstrap:
+    with contextlib.ExitStack() as stack:
+        bootstrap = stack.enter_context(cluster())
         topic = f"bench-{uuid.uuid4().hex[:8]}"
         create_topics(bootstrap, {topic: args.partitions, f"{topic}.dlq": 1})
         _say(f"producing {args.records:,} records to {topic} ({args.partitions} partitions)")
         generated = samples.generate(args.records, bad_every=0, customers=200)
         produce_all(bootstrap, topic, ((key, value) for key, value, _ in generated))
+        encoded = None
+        if args.format != "json":
+            encoded = _encoded_topic(stack, bootstrap, args)
 
         ceiling = _ceiling(bootstrap, topic, args.records)
         _say(f"ceiling: {ceiling['events_per_second']:,.0f} records/s")
@@ -94,20 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                         control.reset()
                         run = _meterstream(bootstrap, topic, emulator.base_url, args, workers)
                         events = control.stats()["events"]
-                        accepted = events["accepted"]
-                        run["verified"] = accepted == args.records
-                        # Timed like the ceiling, from the first record through: the rate
-                        # over the billing span; start-up (imports, group join) apart.
-                        span = events["accepting_seconds"]
-                        if span > 0:
-                            run["start_up_seconds"] = run["seconds"] - span
-                            run["seconds"] = span
-                            run["events_per_second"] = args.records / span
-                        if not run["verified"]:
-                            raise SystemExit(
-                                f"meterstream --workers {workers} billed {accepted:,} of "
-                                f"{args.records:,}: refusing to report a wrong run"
-                            )
+                        _verify(run, events, args.records, f"--workers {workers}")
                         row[f"meterstream_workers_{workers}"] = run
                         _say(
                             f"[{latency:g} ms] meterstream --workers {workers}: "
@@ -115,6 +116,20 @@ def main(argv: list[str] | None = None) -> int:
                             f"{run['cpu_seconds_per_million']:.1f} CPU s/M, "
                             f"peak RSS {run['peak_rss_mb']:.0f} MB, "
                             f"start-up {run.get('start_up_seconds', 0):.1f} s"
+                        )
+                    if encoded is not None:
+                        control.reset()
+                        encoded_topic, extra = encoded
+                        run = _meterstream(
+                            bootstrap, encoded_topic, emulator.base_url, args, 1, extra
+                        )
+                        _verify(run, control.stats()["events"], args.records, args.format)
+                        run["format"] = args.format
+                        row["meterstream_registry"] = run
+                        _say(
+                            f"[{latency:g} ms] meterstream, {args.format} records: "
+                            f"{run['events_per_second']:,.0f} ev/s, "
+                            f"{run['cpu_seconds_per_million']:.1f} CPU s/M"
                         )
                 base = row["meterstream_workers_1"]["events_per_second"]
                 row["ratios"] = {
@@ -133,6 +148,52 @@ def main(argv: list[str] | None = None) -> int:
     _table(results)
     _say(f"wrote {args.out} and {chart}")
     return 0
+
+
+def _encoded_topic(
+    stack: contextlib.ExitStack, bootstrap: str, args: argparse.Namespace
+) -> tuple[str, dict[str, Any]]:
+    """A second topic with the same records in ``args.format``; the config keys to read it."""
+    from meterstream_local import samples
+    from meterstream_local.localkafka import create_topics, produce_all
+    from meterstream_local.registry import registry
+    from meterstream_local.registry.encode import REGISTRY_MAPPING, UsageEncoder
+
+    url = stack.enter_context(registry())
+    topic = f"bench-{args.format}-{uuid.uuid4().hex[:8]}"
+    create_topics(bootstrap, {topic: args.partitions, f"{topic}.dlq": 1})
+    _say(f"producing the same records as {args.format} to {topic} (registry {url})")
+    with UsageEncoder(url, args.format, topic) as encoder:
+        generated = samples.generate(args.records, bad_every=0, customers=200)
+        produce_all(
+            bootstrap, topic, ((key, encoder.encode_json(value)) for key, value, _ in generated)
+        )
+    extra = {
+        "records": {"format": args.format},
+        "schema_registry": {"url": url},
+        "mapping": dict(REGISTRY_MAPPING),
+    }
+    return topic, extra
+
+
+def _verify(run: dict[str, Any], events: dict[str, Any], records: int, what: str) -> None:
+    """Time the run over its billing span; refuse to report it unless it billed every record.
+
+    Timed like the ceiling, from the first record through: the rate over the billing span;
+    start-up (imports, group join) apart.
+    """
+    accepted = events["accepted"]
+    run["verified"] = accepted == records
+    span = events["accepting_seconds"]
+    if span > 0:
+        run["start_up_seconds"] = run["seconds"] - span
+        run["seconds"] = span
+        run["events_per_second"] = records / span
+    if not run["verified"]:
+        raise SystemExit(
+            f"meterstream ({what}) billed {accepted:,} of {records:,}: refusing to report a "
+            "wrong run"
+        )
 
 
 def _ceiling(bootstrap: str, topic: str, records: int) -> dict[str, Any]:
@@ -160,7 +221,12 @@ def _child_json(command: list[str]) -> dict[str, Any]:
 
 
 def _meterstream(
-    bootstrap: str, topic: str, url: str, args: argparse.Namespace, workers: int
+    bootstrap: str,
+    topic: str,
+    url: str,
+    args: argparse.Namespace,
+    workers: int,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     port = _free_port()
     config = {
@@ -173,6 +239,7 @@ def _meterstream(
         "stripe": {"api_base": url, "meter_events_base": url},
         "metrics": {"enabled": True, "host": "127.0.0.1", "port": port},
         "logging": {"level": "WARNING"},
+        **(extra or {}),
     }
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         path = Path(scratch) / "meterstream.yaml"
@@ -276,10 +343,19 @@ def _table(results: dict[str, Any]) -> None:
     header = ("latency", "mode", "events/s", "CPU s/M", "RSS MB", "p50 ms", "p99 ms")
     print("{:>8} {:<22} {:>10} {:>8} {:>7} {:>7} {:>7}".format(*header))
     for row in results["runs"]:
-        for name in ("ceiling", "naive", "meterstream_workers_1", "meterstream_workers_2"):
-            figures = row[name]
+        for name in (
+            "ceiling",
+            "naive",
+            "meterstream_workers_1",
+            "meterstream_workers_2",
+            "meterstream_registry",
+        ):
+            figures = row.get(name)
+            if figures is None:
+                continue
+            label = f"meterstream {figures['format']}" if "format" in figures else name
             print(
-                f"{row['latency_ms']:>6g}ms {name:<22} {figures['events_per_second']:>10,.0f} "
+                f"{row['latency_ms']:>6g}ms {label:<22} {figures['events_per_second']:>10,.0f} "
                 f"{figures['cpu_seconds_per_million']:>8.1f} "
                 f"{_fmt(figures.get('peak_rss_mb'), '7.0f')} {_fmt(figures.get('p50_ms'), '7.1f')} "
                 f"{_fmt(figures.get('p99_ms'), '7.1f')}"

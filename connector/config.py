@@ -202,11 +202,95 @@ class MappingConfig(_Section):
         return self
 
 
+#: How record values are encoded: plain JSON, or the Confluent wire format (magic byte and
+#: schema id) with a schema from ``schema_registry`` (docs/schema-registry.md).
+RecordFormat = Literal["json", "avro", "protobuf", "json_schema"]
+
+
 class RecordsConfig(_Section):
-    """Limits on incoming records."""
+    """Limits on incoming records, and their encoding."""
 
     #: Larger records are dead-lettered (reason record_too_large) without being parsed.
     max_bytes: int = Field(1_048_576, ge=64, le=64 * 1_048_576)
+    #: json, or a Schema Registry format (avro, protobuf, json_schema: needs schema_registry.url).
+    format: RecordFormat = "json"
+
+
+class SchemaRegistryConfig(_Section):
+    """The Schema Registry that holds the schemas of avro/protobuf/json_schema records."""
+
+    #: The Confluent-compatible API, e.g. http://registry:8081 (Apicurio: .../apis/ccompat/v7).
+    url: str | None = Field(None, min_length=1)
+    #: An environment variable holding "user:password" for HTTP basic auth (null: none).
+    basic_auth_user_info_env: str | None = Field(None, min_length=1)
+    #: TLS, as confluent-kafka's SchemaRegistryClient takes it (ssl.ca.location, ...):
+    #: a CA bundle file or directory to trust instead of the system's (certifi's),
+    ssl_ca_location: str | None = Field(None, min_length=1)
+    #: and a client certificate and key (PEM files) for mutual TLS,
+    ssl_certificate_location: str | None = Field(None, min_length=1)
+    ssl_key_location: str | None = Field(None, min_length=1)
+    #: with the key's password in this environment variable (null: the key is not encrypted).
+    ssl_key_password_env: str | None = Field(None, min_length=1)
+    #: Per request; a timeout is an outage (records wait), never a bad record.
+    request_timeout_seconds: float = Field(10.0, gt=0, le=300)
+
+    _secrets: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> SchemaRegistryConfig:
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(
+                "schema_registry.url must start with http:// or https:// "
+                "(the registry's Confluent-compatible API)"
+            )
+        for key in ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location"):
+            path = getattr(self, key)
+            if path is not None and not os.path.exists(path):
+                raise ValueError(f"schema_registry.{key}: no such file or directory: {path}")
+        if self.ssl_key_location is not None and self.ssl_certificate_location is None:
+            raise ValueError(
+                "schema_registry.ssl_key_location needs schema_registry.ssl_certificate_location "
+                "(the client certificate that goes with the key)"
+            )
+        # Read once, at load time, so the values travel with the config (worker processes).
+        for key in ("basic_auth_user_info_env", "ssl_key_password_env"):
+            name = getattr(self, key)
+            if name is None:
+                continue
+            value = os.environ.get(name)
+            if not value:
+                raise ValueError(
+                    f"schema_registry.{key} names the environment variable {name}, which is not set"
+                )
+            if key == "basic_auth_user_info_env" and ":" not in value:
+                raise ValueError(
+                    f"schema_registry.{key}: the environment variable {name} must hold "
+                    '"user:password"'
+                )
+            self._secrets[key] = SecretStr(value)
+        return self
+
+    def client_conf(self) -> dict[str, Any]:
+        """The configuration of confluent-kafka's SchemaRegistryClient (secrets included)."""
+        conf: dict[str, Any] = {
+            "url": self.url,
+            "timeout": self.request_timeout_seconds,
+            # meterstream retries an outage itself, with backoff and without blocking.
+            "max.retries": 0,
+        }
+        optional = {
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+        }
+        conf.update({key: value for key, value in optional.items() if value is not None})
+        if "basic_auth_user_info_env" in self._secrets:
+            conf["basic.auth.user.info"] = self._secrets[
+                "basic_auth_user_info_env"
+            ].get_secret_value()
+        if "ssl_key_password_env" in self._secrets:
+            conf["ssl.key.password"] = self._secrets["ssl_key_password_env"].get_secret_value()
+        return conf
 
 
 class BatchingConfig(_Section):
@@ -303,6 +387,7 @@ class MeterstreamConfig(BaseSettings):
     stripe: StripeConfig = Field(default_factory=StripeConfig)
     mapping: MappingConfig = Field(default_factory=MappingConfig)
     records: RecordsConfig = Field(default_factory=RecordsConfig)
+    schema_registry: SchemaRegistryConfig = Field(default_factory=SchemaRegistryConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
@@ -436,6 +521,16 @@ def semantic_problems(config: MeterstreamConfig) -> list[tuple[str, str]]:
     except ConfigError as exc:
         problems.extend(exc.problems)
     problems.extend(property_problems(config.kafka))
+    if config.records.format != "json" and config.schema_registry.url is None:
+        problems.append(
+            (
+                "schema_registry.url",
+                f"records.format is {config.records.format}, whose records name a schema in "
+                "a Schema Registry: set schema_registry.url to the registry's "
+                "Confluent-compatible API (e.g. http://registry:8081; Apicurio: "
+                "http://registry:8080/apis/ccompat/v7), or set records.format to json",
+            )
+        )
     return problems
 
 

@@ -9,6 +9,8 @@
     │   ├── AuthenticationError  the API key was refused: not ready, retry slowly, never DLQ
     │   ├── SessionExpiredError  the session token expired: renew, resend the same batch
     │   └── RejectedBatchError   refused as invalid: split, dead-letter the culprits
+    ├── RegistryUnavailableError  the Schema Registry is unreachable or failing: hold the
+    │                        record, pause, retry; never DLQ
     └── LocalKafkaError          the local development broker could not be fetched or started
 
 Each ``StripeError`` class carries ``outcome``, the label it gives the request metrics
@@ -32,6 +34,8 @@ DeadLetterReason = Literal[
     "rejected_by_stripe",  # Stripe answered 4xx (not 401/429) for this event alone
     "no_active_meter",  # no active Stripe meter has this event name: Stripe would drop it
     "meter_payload_mismatch",  # the meter reads customer or value under other payload keys
+    "invalid_encoding",  # records.format is a registry format: not in the wire format, an
+    # unknown schema id, or not decodable with its schema
 ]
 
 #: Every reason code, in documentation order; DLQ consumers can rely on these strings.
@@ -45,6 +49,7 @@ DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = (
     "rejected_by_stripe",
     "no_active_meter",
     "meter_payload_mismatch",
+    "invalid_encoding",
 )
 #: Reasons earlier versions wrote and this one never does (kept for DLQ readers):
 #: ``session_expired``, sessions refused after renewal, is now an outage (retried).
@@ -135,6 +140,11 @@ class RejectedBatchError(StripeError):
     ) -> None:
         super().__init__(message, status=status, request_id=request_id)
         self.code = code
+
+
+class RegistryUnavailableError(MeterstreamError):
+    """The Schema Registry could not answer (unreachable, timeout, 5xx, credentials refused):
+    an outage, never the record's fault; the record waits until the registry is back."""
 
 
 class LocalKafkaError(MeterstreamError):

@@ -9,8 +9,9 @@ The Kafka side of ``meterstream reconcile``. For every partition of ``kafka.topi
 - the dead-letter topic is read once, in full, for its ``meterstream.source.*`` headers:
   a record there was not billed (when the letter names an event, only that event);
 - every other record is decoded and mapped with the current configuration, the same
-  ``records.decode`` and ``mapping.Mapper`` as ``run``. The mapper checks Stripe's time
-  window against the record's Kafka timestamp (about when it was billed), not today;
+  ``records.decode`` (or the Schema Registry decoder) and ``mapping.Mapper`` as ``run``.
+  The mapper checks Stripe's time window against the record's Kafka timestamp (about
+  when it was billed), not today;
 - events whose timestamp lies in [start, end) are tallied per (event name, customer):
   sum, count and the latest value, so any meter formula can be compared. With
   ``mapping.stripe_account`` each connected account gets tallies of its own
@@ -31,11 +32,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from connector import records
 from connector.config import MeterstreamConfig
 from connector.dlq import HEADER_PREFIX
 from connector.errors import MeterstreamError, RecordError
 from connector.mapping import Mapper
+from connector.registry_decode import value_decoder
 from connector.timestamps import format_rfc3339_ms
 
 log = logging.getLogger("meterstream.reconcile")
@@ -244,7 +245,7 @@ def tally(
     default_value_key = config.mapping.value_payload_key
     first, stop = format_rfc3339_ms(start), format_rfc3339_ms(end)
     only = frozenset(event_names)
-    max_bytes = config.records.max_bytes
+    decode = value_decoder(config)
     platform_tallies = totals.tallies
     account_of = mapper.account if config.mapping.stripe_account else None
 
@@ -257,7 +258,7 @@ def tally(
         kind, stamp = message.timestamp()
         clock.now = stamp / 1000.0 if kind and stamp > 0 else time.time()
         try:
-            decoded = records.decode(message.value(), max_bytes)
+            decoded = decode(message.value())
             events = mapper.map(
                 decoded,
                 topic=topic,

@@ -42,6 +42,7 @@ from connector.errors import (
     ConfigError,
     DeadLetterReason,
 )
+from connector.registry_decode import value_decoder
 from connector.replay_report import Report
 from connector.runner import add_config_argument
 from connector.timestamps import format_rfc3339_ms, parse_timestamp
@@ -233,6 +234,7 @@ class Replayer:
         self.group_id = config.kafka.group_id + GROUP_SUFFIX
         self.report = Report(self.topic, self.group_id, dry_run)
         self._mapper = Mapper(config.mapping)
+        self._decode = value_decoder(config)
         self._batcher = Batcher(config.batching.max_events, config.batching.linger_ms / 1000)
         self._ledger = OffsetLedger(on_resolved=self._progressed)
         self._letters: dict[PendingRecord, _Replaying] = {}
@@ -572,10 +574,9 @@ class Replayer:
 
     def _replay(self, record: PendingRecord, origin: LetterOrigin) -> None:
         from connector.errors import RecordError
-        from connector.records import decode
 
         try:
-            decoded = decode(record.message.value(), self.config.records.max_bytes)
+            decoded = self._decode(record.message.value())
             events = self._mapper.map(
                 decoded,
                 topic=origin.topic,

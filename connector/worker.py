@@ -44,6 +44,8 @@ from connector.meters import MeterCatalog, account_catalog, preflight
 from connector.offsets import OffsetLedger, PartitionOffsets, PendingRecord
 from connector.ratelimit import RateLimiter
 from connector.records import decode
+from connector.registry_decode import RegistryDecoder
+from connector.registry_gate import RegistryGate
 from connector.session import AccountSessions, Session
 from connector.sink import StripeSink
 
@@ -101,6 +103,15 @@ class Worker:
         dlq.listen(on_written=self._dead_letter_written)
         self._mapper = Mapper(config.mapping)
         self._max_bytes = config.records.max_bytes
+        #: records.format avro/protobuf/json_schema: values decoded with the registry's schemas.
+        self._registry = (
+            RegistryGate(
+                RegistryDecoder(config.schema_registry, config.records.format),
+                max_bytes=config.records.max_bytes,
+            )
+            if config.records.format != "json"
+            else None
+        )
         self._batcher = Batcher(config.batching.max_events, config.batching.linger_ms / 1000)
         self._ledger = OffsetLedger(on_resolved=self._wake)
         self._ready: deque[Batch] = deque()
@@ -148,6 +159,7 @@ class Worker:
                 if messages:
                     self._ingest(messages)
                 self._refresh_meters()
+                self._release_registry()
                 self._dispatch()
                 self._dlq.poll()
                 self._maybe_commit(loop)
@@ -185,6 +197,8 @@ class Worker:
         executor.shutdown(wait=False)
         await self._stop_reports()
         await self._meters.close()
+        if self._registry is not None:
+            await self._registry.close()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -207,7 +221,9 @@ class Worker:
         max_bytes = self._max_bytes
         checking = self._meters.enabled
         meters_take = self._meters.take
+        registry = self._registry
         consumed: dict[str, int] = {}
+        fields: dict[str, Any] | None
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -222,16 +238,21 @@ class Worker:
             record = state.track(msg, offset)
             consumed[topic] = consumed.get(topic, 0) + 1
             try:
-                decoded = decode(msg.value(), max_bytes)
+                if registry is None:
+                    fields = decode(msg.value(), max_bytes)
+                else:
+                    fields = registry.decode(record, msg.value())
+                    if fields is None:
+                        continue  # held until the Schema Registry answers
                 events = mapper(
-                    decoded,
+                    fields,
                     topic=topic,
                     partition=partition,
                     offset=offset,
                     kafka_timestamp_ms=msg.timestamp()[1] or None,
                 )
                 if account_of is not None:
-                    record.account = account_of(decoded)
+                    record.account = account_of(fields)
             except RecordError as exc:
                 self._refuse(record, exc.reason, exc.message, level=logging.INFO)
                 continue
@@ -245,6 +266,33 @@ class Worker:
             for topic, count in consumed.items():
                 metrics.RECORDS_CONSUMED.labels(topic).inc(count)
                 self.stats["consumed"] += count
+
+    def _release_registry(self) -> None:
+        """Map and batch (or refuse) what the registry gate decoded after holding it."""
+        if self._registry is None:
+            return
+        for record, outcome in self._registry.turn():
+            if isinstance(outcome, RecordError):
+                self._refuse(record, outcome.reason, outcome.message, level=logging.INFO)
+                continue
+            msg = record.message
+            try:
+                events = self._mapper.map(
+                    outcome,
+                    topic=msg.topic(),
+                    partition=msg.partition(),
+                    offset=record.offset,
+                    kafka_timestamp_ms=msg.timestamp()[1] or None,
+                )
+                if self.config.mapping.stripe_account:
+                    record.account = self._mapper.account(outcome)
+            except RecordError as exc:
+                self._refuse(record, exc.reason, exc.message, level=logging.INFO)
+                continue
+            record.remaining = len(events)
+            if self._meters.enabled and not self._meters.take(record, events):
+                continue
+            self._batcher.add(events, record)
 
     def _refuse(
         self, record: PendingRecord, reason: DeadLetterReason, message: str, *, level: int
@@ -386,13 +434,15 @@ class Worker:
             self._newly_assigned = []
             if fresh:
                 (self.consumer.pause if self._paused else self.consumer.resume)(fresh)
-        if not self._paused and held >= bound and assignment:
+        # Records waiting for a failing Schema Registry: pause as for a full buffer.
+        blocked = self._registry is not None and self._registry.blocked
+        if not self._paused and (held >= bound or blocked) and assignment:
             self.consumer.pause(assignment)
             self._paused = True
             metrics.PAUSED_PARTITIONS.set(len(assignment))
             # DEBUG: under a backlog this cycles many times a second; the gauge tells.
             log.debug("paused fetching: %d records held until resolved", held)
-        elif self._paused and held <= bound * RESUME_FRACTION:
+        elif self._paused and held <= bound * RESUME_FRACTION and not blocked:
             if assignment:
                 self.consumer.resume(assignment)
             self._paused = False
@@ -403,7 +453,10 @@ class Worker:
         """Wait until enough held records are released to resume fetching, or ``seconds``."""
         resume_at = self.config.batching.max_buffered_records * RESUME_FRACTION
         deadline = Deadline.after(seconds)
-        while self._ledger.held > resume_at and not deadline.passed:
+        registry = self._registry
+        while (
+            self._ledger.held > resume_at or (registry is not None and registry.blocked)
+        ) and not deadline.passed:
             if not await self._changed_within(deadline.remaining()):
                 return
 
@@ -427,6 +480,8 @@ class Worker:
         health.set_problem("stripe", stripe or self._meters.problem)
         health.set_problem("dead_letter", self._dlq.problem)
         health.set_problem("kafka", self.consumer.problem)
+        if self._registry is not None:
+            health.set_problem("schema_registry", self._registry.problem)
         expiry = self._sessions.seconds_until_expiry()
         if expiry is not None:
             metrics.SESSION_EXPIRY.set(expiry)
@@ -508,6 +563,7 @@ class Worker:
             self._dispatch(force=True)
             self._dlq.poll()
             self._refresh_meters()
+            self._release_registry()
             await self._changed_within(min(deadline.remaining(), 0.05))
 
 

@@ -3,6 +3,7 @@
 #   .venv with meterstream, its test/dev extras and the local tooling in ./local
 #   (reinstalled when pyproject.toml or local/pyproject.toml changes),
 #   the Apache Kafka jars from Maven Central (cached in ~/.cache/meterstream),
+#   the Apicurio Registry bundle from Maven Central (the local Schema Registry, cached there too),
 #   helm and promtool built with Go (cached in ~/.cache/meterstream/bin), for the chart tests.
 # Usage: scripts/bootstrap.sh [--no-helm]   (--no-helm skips both Go builds)
 set -euo pipefail
@@ -46,7 +47,14 @@ if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
   .venv/bin/python -m meterstream_local.localkafka fetch
 fi
 
-# 3. helm, built from source with Go at a pinned version.
+# 3. The Apicurio Registry bundle (the local Schema Registry for tests, demo and benchmarks).
+if [[ -z "${SCHEMA_REGISTRY_URL:-}" ]]; then
+  need java "install a JDK (17 or newer), e.g. apt-get install openjdk-17-jre-headless"
+  need mvn "install Maven, e.g. apt-get install maven"
+  .venv/bin/python -m meterstream_local.registry fetch
+fi
+
+# 4. helm, built from source with Go at a pinned version.
 if [[ $want_helm == 1 && ! -x "$CACHE/bin/helm" ]]; then
   need go "install Go to build helm (go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION)"
   echo "bootstrap: building helm $HELM_VERSION with Go (once; cached in $CACHE/bin)"
@@ -54,7 +62,7 @@ if [[ $want_helm == 1 && ! -x "$CACHE/bin/helm" ]]; then
   GOBIN="$CACHE/bin" GOFLAGS=-buildvcs=false go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 fi
 
-# 4. promtool (Prometheus's rule checker), built the same way.
+# 5. promtool (Prometheus's rule checker), built the same way.
 if [[ $want_helm == 1 && ! -x "$CACHE/bin/promtool" ]]; then
   need go "install Go to build promtool (go install github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION)"
   echo "bootstrap: building promtool $PROMTOOL_VERSION with Go (once, about 10 minutes on 2 cores; cached in $CACHE/bin)"

@@ -95,3 +95,16 @@ def local_kafka() -> Iterator[LocalKafka]:
     """
     with LocalKafka() as kafka:
         yield kafka
+
+
+# --------------------------------------------------------------------------- Schema Registry
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url() -> Iterator[str]:
+    """The Confluent-compatible URL of the session's Schema Registry: SCHEMA_REGISTRY_URL,
+    else an Apicurio Registry started from the cached bundle (once, on first use)."""
+    from meterstream_local.registry import registry
+
+    with registry() as url:
+        yield url

@@ -10,6 +10,7 @@ dead-letter topic with the bad records. Exit 0 only if everything matches.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import time
 import uuid
@@ -51,6 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=1, help="connector worker processes (default 1)"
     )
     parser.add_argument(
+        "--format",
+        choices=("json", "avro", "protobuf", "json_schema"),
+        default="json",
+        help="how records are encoded (default json); the others register their schema in a "
+        "local Apicurio Schema Registry (or SCHEMA_REGISTRY_URL) and produce the Confluent "
+        "wire format; bad records are then plain JSON, dead-lettered as invalid_encoding",
+    )
+    parser.add_argument(
         "--latency-ms",
         type=float,
         default=0.0,
@@ -86,6 +95,21 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, console: Any) -> _Outcome:
+    suffix = uuid.uuid4().hex[:8]
+    with contextlib.ExitStack() as stack:
+        registry_url = None
+        if args.format != "json":
+            from meterstream_local.registry import registry
+
+            with console.status("starting the Schema Registry (first run fetches it) ..."):
+                registry_url = stack.enter_context(registry())
+            console.print(f"[green]Schema Registry[/] at {registry_url}")
+        return _run_with(args, console, suffix, registry_url=registry_url)
+
+
+def _run_with(
+    args: argparse.Namespace, console: Any, suffix: str, *, registry_url: str | None
+) -> _Outcome:
     import subprocess
     import sys
     import tempfile
@@ -98,7 +122,6 @@ def _run(args: argparse.Namespace, console: Any) -> _Outcome:
     from meterstream_local.emulator.client import EmulatorProcess
     from meterstream_local.localkafka import cluster, create_topics
 
-    suffix = uuid.uuid4().hex[:8]
     topic, dead_letter_topic = f"usage-demo-{suffix}", f"usage-demo-{suffix}.dlq"
     with console.status("starting Kafka (first run fetches the jars) ..."), cluster() as bootstrap:
         console.print(f"[green]Kafka[/] at {bootstrap}")
@@ -118,11 +141,26 @@ def _run(args: argparse.Namespace, console: Any) -> _Outcome:
                     }
                 )
                 expected: Any = None
-                for key, value, expected in samples.generate(  # noqa: B007 - read after the loop
+                encoder = None
+                if registry_url is not None:
+                    from meterstream_local.registry.encode import UsageEncoder
+
+                    encoder = UsageEncoder(registry_url, args.format, topic)
+                bad_so_far = 0
+                for key, value, expected in samples.generate(
                     args.records, customers=args.customers, bad_every=args.bad_every
                 ):
-                    _produce(producer, topic, key, value)
+                    bad = sum(expected.bad.values())
+                    if encoder is None or bad > bad_so_far:
+                        _produce(producer, topic, key, value)  # JSON (bad: as it comes)
+                    else:
+                        _produce(producer, topic, key, encoder.encode_json(value))
+                    bad_so_far = bad
                 producer.flush(60)
+                if encoder is not None:
+                    encoder.close()
+                    # Plain JSON is not the wire format: every bad record is one reason.
+                    expected.bad = Counter({"invalid_encoding": sum(expected.bad.values())})
             console.print(
                 f"produced {expected.records:,} records ({sum(expected.bad.values())} bad) "
                 f"for {args.customers} customers and {len(samples.METERS)} meters"
@@ -138,6 +176,12 @@ def _run(args: argparse.Namespace, console: Any) -> _Outcome:
                 "metrics": {"enabled": False},
                 "logging": {"level": "ERROR"},  # the summary below is the verdict
             }
+            if registry_url is not None:
+                from meterstream_local.registry.encode import REGISTRY_MAPPING
+
+                config["records"] = {"format": args.format}
+                config["schema_registry"] = {"url": registry_url}
+                config["mapping"] = dict(REGISTRY_MAPPING)
             with tempfile.TemporaryDirectory(prefix="meterstream-demo-") as scratch:
                 path = Path(scratch) / "meterstream.yaml"
                 path.write_text(yaml.safe_dump(config), encoding="utf-8")
