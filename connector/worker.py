@@ -196,7 +196,7 @@ class Worker:
 
     def _ingest(self, messages: list[Any]) -> None:
         ledger = self._ledger
-        mapper = self._mapper.map
+        mapper = self._mapper.map_record
         batcher_add = self._batcher.add
         max_bytes = self._max_bytes
         checking = self._meters.enabled
@@ -218,10 +218,10 @@ class Worker:
             try:
                 events = mapper(
                     decode(msg.value(), max_bytes),
-                    topic=topic,
-                    partition=partition,
-                    offset=offset,
-                    kafka_timestamp_ms=msg.timestamp()[1] or None,
+                    topic,
+                    partition,
+                    offset,
+                    msg.timestamp()[1] or None,
                 )
             except RecordError as exc:
                 self._refuse(record, exc.reason, exc.message, level=logging.INFO)
