@@ -23,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from operator import itemgetter
 from typing import Protocol
 
 from tenacity import (
@@ -53,6 +54,7 @@ from connector.session import Session, SessionProvider
 from connector.timestamps import STRIPE_MAX_AGE_SECONDS, expiry_cutoff
 
 log = logging.getLogger("meterstream.delivery")
+_timestamp_of = itemgetter("timestamp")
 
 
 class EventSender(Protocol):
@@ -158,7 +160,7 @@ class Delivery:
             return live
         cutoff = expiry_cutoff(self._wall_clock(), self._config.expiry_margin_seconds)
         # Wire timestamps are fixed-width RFC 3339 in UTC: text order is time order.
-        if min(event["timestamp"] for event in live.events) >= cutoff:
+        if min(map(_timestamp_of, live.events)) >= cutoff:
             return live
         kept = Batch()
         for event, record in zip(live.events, live.records, strict=True):
