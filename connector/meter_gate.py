@@ -56,6 +56,7 @@ class MeterGate:
             for meter in mapping.fan_out
         }
         self._default = default
+        self._sendable = catalog.sendable
         self._held: list[Held] = []
         self._task: asyncio.Task[bool] | None = None
         self._retry_at = 0.0
@@ -63,10 +64,13 @@ class MeterGate:
 
     def take(self, record: PendingRecord, events: list[MeterEventBody]) -> bool:
         """Whether ``events`` may be sent now; otherwise the record is refused or held."""
-        check = self.catalog.check
+        sendable = self._sendable
         for event in events:
             name = event["event_name"]
-            problem = check(name, *self._keys.get(name, self._default))
+            customer_key, value_key = self._keys.get(name, self._default)
+            if (name, customer_key, value_key) in sendable:  # the common case: no call
+                continue
+            problem = self.catalog.check(name, customer_key, value_key)
             if problem is None:
                 continue
             if self.catalog.wants_refresh:

@@ -195,6 +195,10 @@ class MeterCatalog:
         self._early_wanted = False
         #: Why the last refresh failed (None after a success), for logs and /readyz.
         self.problem: str | None = None
+        #: (event name, customer key, value key) checked and found sendable with the current
+        #: list; emptied in place when the list changes, so a holder of it (the meter gate's
+        #: hot path) never sees a stale verdict.
+        self.sendable: set[tuple[str, str, str]] = set()
         self._replace(meters)
 
     # -- the list ---------------------------------------------------------------------------
@@ -220,6 +224,7 @@ class MeterCatalog:
                 by_name[meter.event_name] = meter
         self._by_name = by_name
         self._verdicts = {}
+        self.sendable.clear()
         if self.enabled:
             statuses = Counter(m.status for m in by_name.values())
             for status in ("active", "inactive"):
@@ -275,6 +280,7 @@ class MeterCatalog:
         except KeyError:
             verdict = self._verdicts[key] = self._judge(event_name, customer_key, value_key)
         if verdict is None:
+            self.sendable.add(key)
             return None
         if (
             verdict.reason == "no_active_meter"

@@ -202,6 +202,8 @@ class Worker:
         checking = self._meters.enabled
         meters_take = self._meters.take
         consumed: dict[str, int] = {}
+        state: PartitionOffsets | None = None
+        last: tuple[str, int] | None = None
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -209,7 +211,9 @@ class Worker:
                 continue
             topic = msg.topic()
             partition = msg.partition()
-            state = ledger.get(topic, partition)
+            if last is None or partition != last[1] or topic != last[0]:  # polls come in runs
+                state = ledger.get(topic, partition)
+                last = (topic, partition)
             if state is None:  # fetched just before a revocation: the new owner reads it
                 continue
             offset = msg.offset()
