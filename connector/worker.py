@@ -26,7 +26,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
-from connector import concurrency, metrics
+from connector import concurrency, heap, metrics
 from connector.batching import Batch, Batcher
 from connector.config import MeterstreamConfig
 from connector.deadline import Deadline
@@ -572,6 +572,7 @@ def run_worker(
                 loop.add_signal_handler(sig, worker.request_stop)
         if on_ready is not None:
             on_ready(worker)
+        heap.tune_for_streaming()
         try:
             await worker.run()
         finally:
