@@ -54,6 +54,9 @@ from connector.session import Session, SessionProvider
 from connector.timestamps import STRIPE_MAX_AGE_SECONDS, expiry_cutoff
 
 log = logging.getLogger("meterstream.delivery")
+#: What is retried (an outage, or credentials an operator may still fix); the rest is final.
+_RETRYABLE = (BackoffError, AuthenticationError)
+_RETRY_ON = retry_if_exception_type(_RETRYABLE)
 _timestamp_of = itemgetter("timestamp")
 
 
@@ -221,8 +224,15 @@ class Delivery:
             )
 
     async def _send_with_retries(self, batch: Batch) -> tuple[Batch, str | None]:
+        # The first attempt goes without the retry machinery (building it costs more than
+        # the request's own Python work); a failure is handed to it as its attempt 1, so
+        # backoff, logging and metrics are exactly those of any failed attempt.
+        try:
+            return await self._send_once(batch)
+        except _RETRYABLE as exc:
+            first_failure: BaseException | None = exc
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type((BackoffError, AuthenticationError)),
+            retry=_RETRY_ON,
             wait=self._wait,
             stop=stop_never,
             sleep=self._sleep,
@@ -231,6 +241,9 @@ class Delivery:
         )
         async for attempt in retrying:
             with attempt:
+                if first_failure is not None:
+                    failure, first_failure = first_failure, None
+                    raise failure
                 return await self._send_once(batch)
         raise AssertionError("unreachable: tenacity retries forever or re-raises")
 
