@@ -27,6 +27,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from operator import itemgetter
 from typing import Protocol
 
 from tenacity import (
@@ -57,6 +58,10 @@ from connector.session import AccountSessions, Session, SessionProvider
 from connector.timestamps import STRIPE_MAX_AGE_SECONDS, expiry_cutoff
 
 log = logging.getLogger("meterstream.delivery")
+#: What is retried (an outage, or credentials an operator may still fix); the rest is final.
+_RETRYABLE = (BackoffError, AuthenticationError)
+_RETRY_ON = retry_if_exception_type(_RETRYABLE)
+_timestamp_of = itemgetter("timestamp")
 
 
 class EventSender(Protocol):
@@ -183,7 +188,7 @@ class Delivery:
             return live
         cutoff = expiry_cutoff(self._wall_clock(), self._config.expiry_margin_seconds)
         # Wire timestamps are fixed-width RFC 3339 in UTC: text order is time order.
-        if min(event["timestamp"] for event in live.events) >= cutoff:
+        if min(map(_timestamp_of, live.events)) >= cutoff:
             return live
         kept = Batch(account=batch.account)
         for event, record in zip(live.events, live.records, strict=True):
@@ -244,8 +249,15 @@ class Delivery:
             )
 
     async def _send_with_retries(self, batch: Batch) -> tuple[Batch, str | None]:
+        # The first attempt goes without the retry machinery (building it costs more than
+        # the request's own Python work); a failure is handed to it as its attempt 1, so
+        # backoff, logging and metrics are exactly those of any failed attempt.
+        try:
+            return await self._send_once(batch)
+        except _RETRYABLE as exc:
+            first_failure: BaseException | None = exc
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type((BackoffError, AuthenticationError)),
+            retry=_RETRY_ON,
             wait=self._wait,
             stop=stop_never,
             sleep=self._sleep,
@@ -254,6 +266,9 @@ class Delivery:
         )
         async for attempt in retrying:
             with attempt:
+                if first_failure is not None:
+                    failure, first_failure = first_failure, None
+                    raise failure
                 return await self._send_once(batch)
         raise AssertionError("unreachable: tenacity retries forever or re-raises")
 

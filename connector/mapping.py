@@ -31,8 +31,11 @@ silently unless it is refused here, before sending, with a dead-letter reason. T
   ``map``; it never enters the event (not a dimension, not in the identifier).
 
 Hot path: ``Mapper.map`` runs once per record, so the configuration is compiled in
-``__init__`` (paths split once, a flat fast path when every path is a top-level key) and a
-record costs a few dict lookups and string checks.
+``__init__``: paths split once, and for one event per record a function with the
+configuration bound in closure cells (``Mapper.map_record``, positional arguments) that
+reads top-level keys directly when every path is one, checks the wire timestamp shape with
+one slice, and finds the default dimensions once per record shape. A record costs a few
+dict lookups and string checks (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypedDict
+from datetime import datetime
+from typing import Any, NoReturn, Protocol, TypedDict
 
 from connector.config import MappingConfig
 from connector.errors import ConfigError, DeadLetterReason, RecordError
@@ -52,7 +56,6 @@ from connector.timestamps import (
     format_rfc3339_ms,
     is_canonical,
     parse_timestamp,
-    wire_epoch,
 )
 
 #: Stripe refuses values with more than 15 significant digits.
@@ -74,6 +77,9 @@ _ACCOUNT_ID = re.compile(r"acct_[A-Za-z0-9]+")
 CANONICAL_FIELDS = frozenset({"id", "customer", "event_name", "value", "timestamp"})
 #: Bad values are quoted in messages up to this many characters.
 _SHOWN_CHARACTERS = 40
+#: Record shapes (key tuples) whose dimension keys are remembered; more are read field by
+#: field, so a producer with ever-new keys costs speed, never memory.
+_MAX_SHAPES = 64
 
 
 class MeterEventBody(TypedDict):
@@ -83,6 +89,21 @@ class MeterEventBody(TypedDict):
     identifier: str
     timestamp: str
     payload: dict[str, str]
+
+
+class MapRecord(Protocol):
+    """``Mapper.map`` with positional arguments (what the worker calls per record)."""
+
+    def __call__(
+        self,
+        record: dict[str, Any],
+        topic: str,
+        partition: int,
+        offset: int,
+        kafka_timestamp_ms: int | None,
+    ) -> list[MeterEventBody]:
+        """The record's meter events, or RecordError."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +187,10 @@ class Mapper:
         # The fast path: every path a top-level key, one event per record.
         self._flat = all(p is None or len(p) == 1 for p in mapped_paths) and not self._meters
         self._check(config, payload_keys)
+        #: ``map`` with positional arguments, compiled for this mapping: what a hot loop calls.
+        self.map_record: MapRecord = (
+            self._map_fan_out_record if self._meters else _compile_single_event(self)
+        )
 
     def _check(self, config: MappingConfig, payload_keys: set[str]) -> None:
         problems: list[tuple[str, str]] = []
@@ -216,83 +241,21 @@ class Mapper:
         """The meter events for one record (one, or one per fan-out meter), or RecordError.
 
         ``kafka_timestamp_ms`` of None or not positive (librdkafka's -1: not available)
-        counts as absent.
+        counts as absent. ``map_record`` is the same with positional arguments.
         """
+        return self.map_record(record, topic, partition, offset, kafka_timestamp_ms)
+
+    def _map_fan_out_record(
+        self,
+        record: dict[str, Any],
+        topic: str,
+        partition: int,
+        offset: int,
+        kafka_timestamp_ms: int | None,
+    ) -> list[MeterEventBody]:
         if type(record) is not dict:  # decode() guarantees it; a caller may not
             _fail("schema_violation", f"record is {_kind(record)}, not a JSON object")
-        if self._meters:
-            return self._map_fan_out(record, topic, partition, offset, kafka_timestamp_ms)
-        if self._flat:
-            get = record.get
-            customer = get(self._customer_path[0])
-            value = get(self._value_path[0])
-            event_name = get(self._event_name_path[0]) if self._event_name_path else None
-            timestamp = get(self._timestamp_path[0]) if self._timestamp_path else None
-            record_id = get(self._id_path[0]) if self._id_path else None
-        else:
-            customer = _dig(record, self._customer_path)
-            value = _dig(record, self._value_path)
-            event_name = _dig(record, self._event_name_path) if self._event_name_path else None
-            timestamp = _dig(record, self._timestamp_path) if self._timestamp_path else None
-            record_id = _dig(record, self._id_path) if self._id_path else None
-
-        # Each field: the common valid case inline, anything else through the helper that
-        # explains it (same order as ever, so the first problem found is the one reported).
-        if self._constant_event_name is not None:
-            name = self._constant_event_name
-        else:
-            name = event_name.strip() if type(event_name) is str else ""
-            if not name or len(name) > MAX_EVENT_NAME_LENGTH:
-                name = _text(
-                    event_name, "event name", self._event_name_dotted, MAX_EVENT_NAME_LENGTH
-                )
-        who = customer.strip() if type(customer) is str else ""
-        if not who or len(who) > MAX_CUSTOMER_LENGTH:
-            who = _text(customer, "customer", self._customer_dotted, MAX_CUSTOMER_LENGTH)
-        if type(value) is int and 0 <= value < _VALUE_LIMIT:
-            amount = str(value)
-        else:
-            amount = _whole_number(value, self._value_dotted, self._allow_negative)
-        payload = {self._customer_key: who, self._value_key: amount}
-        if self._all_dimensions:
-            self._copy_string_fields(record, payload)
-        elif self._dimensions:
-            self._copy_dimensions(record, payload)
-
-        if type(record_id) is str and record_id and len(record_id) <= MAX_IDENTIFIER_LENGTH:
-            identifier = (
-                record_id
-                if record_id.isascii()
-                else identifier_for(record_id, topic=topic, partition=partition, offset=offset)
-            )
-        elif record_id is not None:
-            record_id = self._record_id(record_id)
-            if len(record_id) <= MAX_IDENTIFIER_LENGTH and record_id.isascii():  # as it is
-                identifier = record_id
-            else:
-                identifier = identifier_for(
-                    record_id, topic=topic, partition=partition, offset=offset
-                )
-        else:
-            identifier = identifier_for(None, topic=topic, partition=partition, offset=offset)
-
-        stamp: str | None = None
-        if type(timestamp) is str:
-            epoch = wire_epoch(timestamp)  # the wire shape: sent as it is, if in the window
-            if epoch is not None:
-                now = self._clock()
-                if now - STRIPE_MAX_AGE_SECONDS <= epoch <= now + STRIPE_MAX_FUTURE_SECONDS:
-                    stamp = timestamp
-        if stamp is None:
-            stamp = self._timestamp(timestamp, kafka_timestamp_ms)
-        return [
-            {
-                "event_name": name,
-                "identifier": identifier,
-                "timestamp": stamp,
-                "payload": payload,
-            }
-        ]
+        return self._map_fan_out(record, topic, partition, offset, kafka_timestamp_ms)
 
     def account(self, record: dict[str, Any]) -> str | None:
         """The connected account a record's events go to (``mapping.stripe_account``), or
@@ -459,6 +422,149 @@ class Mapper:
                 )
             _check_dimension(key, text, dotted)
             payload[key] = text
+
+
+# -- the compiled hot path ----------------------------------------------------------------
+
+
+def _compile_single_event(mapper: Mapper) -> MapRecord:
+    """``Mapper.map`` for a mapping with one event per record, its configuration bound once.
+
+    The rules and the order of the checks are ``Mapper``'s (module doc); what is compiled
+    is only where things are looked up: closure cells instead of attributes, one slice
+    comparison for the wire timestamp shape, and the default dimensions found once per
+    record shape (the tuple of a record's keys: one producer sends one or a few shapes).
+    """
+    flat = mapper._flat
+    clock = mapper._clock
+    allow_negative = mapper._allow_negative
+    constant_event_name = mapper._constant_event_name
+    customer_path, customer_dotted = mapper._customer_path, mapper._customer_dotted
+    value_path, value_dotted = mapper._value_path, mapper._value_dotted
+    event_name_path, event_name_dotted = mapper._event_name_path, mapper._event_name_dotted
+    timestamp_path, id_path = mapper._timestamp_path, mapper._id_path
+    customer_field, value_field = customer_path[0], value_path[0]
+    event_name_field = event_name_path[0] if event_name_path else None
+    timestamp_field = timestamp_path[0] if timestamp_path else None
+    id_field = id_path[0] if id_path else None
+    customer_key, value_key = mapper._customer_key, mapper._value_key
+    all_dimensions = mapper._all_dimensions
+    listed_dimensions = bool(mapper._dimensions)
+    not_dimensions = mapper._not_dimensions
+    copy_dimensions = mapper._copy_dimensions
+    record_id_text = mapper._record_id
+    general_timestamp = mapper._timestamp
+    from_iso = datetime.fromisoformat
+    shapes: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+    def map_record(
+        record: dict[str, Any],
+        topic: str,
+        partition: int,
+        offset: int,
+        kafka_timestamp_ms: int | None,
+    ) -> list[MeterEventBody]:
+        if type(record) is not dict:  # decode() guarantees it; a caller may not
+            _fail("schema_violation", f"record is {_kind(record)}, not a JSON object")
+        if flat:
+            get = record.get
+            customer = get(customer_field)
+            value = get(value_field)
+            event_name = get(event_name_field) if event_name_field is not None else None
+            timestamp = get(timestamp_field) if timestamp_field is not None else None
+            record_id = get(id_field) if id_field is not None else None
+        else:
+            customer = _dig(record, customer_path)
+            value = _dig(record, value_path)
+            event_name = _dig(record, event_name_path) if event_name_path else None
+            timestamp = _dig(record, timestamp_path) if timestamp_path else None
+            record_id = _dig(record, id_path) if id_path else None
+
+        # Each field: the common valid case inline, anything else through the helper that
+        # explains it (same order as ever, so the first problem found is the one reported).
+        if constant_event_name is not None:
+            name = constant_event_name
+        else:
+            name = event_name.strip() if type(event_name) is str else ""
+            if not name or len(name) > MAX_EVENT_NAME_LENGTH:
+                name = _text(event_name, "event name", event_name_dotted, MAX_EVENT_NAME_LENGTH)
+        who = customer.strip() if type(customer) is str else ""
+        if not who or len(who) > MAX_CUSTOMER_LENGTH:
+            who = _text(customer, "customer", customer_dotted, MAX_CUSTOMER_LENGTH)
+        if type(value) is int and 0 <= value < _VALUE_LIMIT:
+            amount = str(value)
+        else:
+            amount = _whole_number(value, value_dotted, allow_negative)
+        payload = {customer_key: who, value_key: amount}
+        if all_dimensions:
+            # Every top-level string field that is not mapped, in the record's order.
+            shape = tuple(record)
+            keys = shapes.get(shape)
+            if keys is None:
+                keys = tuple(key for key in shape if key not in not_dimensions)
+                if len(shapes) < _MAX_SHAPES:
+                    shapes[shape] = keys
+            for key in keys:
+                text = record[key]
+                if isinstance(text, str):
+                    if len(text) > MAX_PAYLOAD_VALUE_LENGTH or len(key) > MAX_PAYLOAD_KEY_LENGTH:
+                        _check_dimension(key, text)  # explains why, and refuses
+                    payload[key] = text
+            if len(payload) > MAX_PAYLOAD_KEYS:
+                _fail(
+                    "record_too_large",
+                    f"{len(payload) - 2} dimension fields, over the "
+                    f"{MAX_PAYLOAD_KEYS - 2} a meter event may carry",
+                )
+        elif listed_dimensions:
+            copy_dimensions(record, payload)
+
+        if type(record_id) is str and record_id and len(record_id) <= MAX_IDENTIFIER_LENGTH:
+            identifier = (
+                record_id
+                if record_id.isascii()
+                else identifier_for(record_id, topic=topic, partition=partition, offset=offset)
+            )
+        elif record_id is not None:
+            record_id = record_id_text(record_id)
+            if len(record_id) <= MAX_IDENTIFIER_LENGTH and record_id.isascii():  # as it is
+                identifier = record_id
+            else:
+                identifier = identifier_for(
+                    record_id, topic=topic, partition=partition, offset=offset
+                )
+        else:
+            identifier = identifier_for(None, topic=topic, partition=partition, offset=offset)
+
+        # The wire shape YYYY-MM-DDTHH:MM:SS.mmmZ is sent as it is, if valid and in the
+        # window; anything else takes the general path (which explains a refusal).
+        stamp: str | None = None
+        if (
+            type(timestamp) is str
+            and len(timestamp) == 24
+            and timestamp[23] == "Z"
+            and timestamp[4:20:3] == "--T::."
+        ):
+            try:
+                epoch = from_iso(timestamp).timestamp()
+            except ValueError:
+                pass
+            else:
+                now = clock()
+                if now - STRIPE_MAX_AGE_SECONDS <= epoch <= now + STRIPE_MAX_FUTURE_SECONDS:
+                    stamp = timestamp
+        if stamp is None:
+            stamp = general_timestamp(timestamp, kafka_timestamp_ms)
+        return [
+            {
+                "event_name": name,
+                "identifier": identifier,
+                "timestamp": stamp,
+                "payload": payload,
+            }
+        ]
+
+    return map_record
 
 
 # -- helpers (module level: no attribute lookups on the hot path) ---------------------------

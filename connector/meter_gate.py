@@ -104,10 +104,13 @@ class MeterGate:
         """Whether ``events`` may be sent now; otherwise the record is refused or held."""
         gate = self._gates.get(record.account) or self._gate(record.account)
         catalog = gate.catalog
-        check = catalog.check
+        sendable = catalog.sendable
         for event in events:
             name = event["event_name"]
-            problem = check(name, *self._keys.get(name, self._default))
+            customer_key, value_key = self._keys.get(name, self._default)
+            if (name, customer_key, value_key) in sendable:  # the common case: no call
+                continue
+            problem = catalog.check(name, customer_key, value_key)
             if problem is None:
                 continue
             if catalog.wants_refresh:

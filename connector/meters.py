@@ -211,6 +211,10 @@ class MeterCatalog:
         #: A connected account's listing refused with a 4xx that is neither about the key
         #: nor an outage (a deleted or unusable account): its events cannot be billed.
         self.refused: StripeError | None = None
+        #: (event name, customer key, value key) checked and found sendable with the current
+        #: list; emptied in place when the list changes, so a holder of it (the meter gate's
+        #: hot path) never sees a stale verdict.
+        self.sendable: set[tuple[str, str, str]] = set()
         self._replace(meters)
 
     # -- the list ---------------------------------------------------------------------------
@@ -236,6 +240,7 @@ class MeterCatalog:
                 by_name[meter.event_name] = meter
         self._by_name = by_name
         self._verdicts = {}
+        self.sendable.clear()
         if self.enabled and self.account is None:  # the gauge is the platform's
             statuses = Counter(m.status for m in by_name.values())
             for status in ("active", "inactive"):
@@ -296,6 +301,7 @@ class MeterCatalog:
         except KeyError:
             verdict = self._verdicts[key] = self._judge(event_name, customer_key, value_key)
         if verdict is None:
+            self.sendable.add(key)
             return None
         if (
             verdict.reason == "no_active_meter"

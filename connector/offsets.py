@@ -155,6 +155,17 @@ class OffsetLedger:
         if was_open and record.remaining <= 0 and not record.partition.closed:
             self._on_resolved()
 
+    def finish_each(self, records: Iterable[PendingRecord]) -> None:
+        """One obligation of each of ``records`` is done (a batch was accepted): ``finish``
+        for each, with ``on_resolved`` called once at the end rather than per record."""
+        resolved = False
+        for record in records:
+            record.remaining -= 1
+            if record.remaining == 0 and not record.partition.closed:
+                resolved = True
+        if resolved:
+            self._on_resolved()
+
     def refuse(self, record: PendingRecord, write_letter: Callable[[], None]) -> None:
         """An event of ``record`` is refused for good: a dead letter naming that event becomes
         an obligation, and the event itself is answered.

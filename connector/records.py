@@ -30,22 +30,21 @@ def decode(value: bytes | None, max_bytes: int) -> dict[str, Any]:
     A null value (a tombstone) or an empty one is ``invalid_json``; valid JSON that is not
     an object is ``schema_violation``.
     """
-    if value is None:
-        raise RecordError("invalid_json", "record has no value (null, e.g. a tombstone)")
-    size = len(value)
-    if size > max_bytes:
-        raise RecordError(
-            "record_too_large",
-            f"record value is {size} bytes, over records.max_bytes ({max_bytes})",
-        )
-    if not size:
+    if not value or len(value) > max_bytes:  # one test for the common case, then why
+        if value is None:
+            raise RecordError("invalid_json", "record has no value (null, e.g. a tombstone)")
+        if value:
+            raise RecordError(
+                "record_too_large",
+                f"record value is {len(value)} bytes, over records.max_bytes ({max_bytes})",
+            )
         raise RecordError("invalid_json", "record value is empty")
     try:
         record = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         # orjson's message names the problem and its position, never the content.
         raise RecordError("invalid_json", f"record value is not valid JSON: {exc}") from None
-    if type(record) is not dict:
-        kind = _JSON_TYPE_NAMES.get(type(record), type(record).__name__)
-        raise RecordError("schema_violation", f"record is {kind}, not a JSON object")
-    return record
+    if type(record) is dict:
+        return record
+    kind = _JSON_TYPE_NAMES.get(type(record), type(record).__name__)
+    raise RecordError("schema_violation", f"record is {kind}, not a JSON object")

@@ -138,6 +138,11 @@ def translate_response(
     return RejectedBatchError(detail, code=code, status=status, request_id=request_id)
 
 
+def encode_events(events: Sequence[MeterEventBody]) -> bytes:
+    """The meter event stream's request body for one batch."""
+    return orjson.dumps({"events": events})
+
+
 def _parse_time(value: Any) -> float:
     if isinstance(value, int | float):
         return float(value)
@@ -384,7 +389,7 @@ class StripeSink:
 
     async def send_events(self, events: Sequence[MeterEventBody], session: Session) -> str | None:
         """Send one batch (1..100 events); return Stripe's Request-Id on HTTP 200."""
-        content = orjson.dumps({"events": events})
+        content = encode_events(events)
         answer = await self._post(
             self._stream, self._stream_url, content, session.token, session.account
         )

@@ -26,7 +26,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
-from connector import concurrency, metrics
+from connector import concurrency, heap, metrics
 from connector.batching import Batch, Batcher
 from connector.config import MeterstreamConfig
 from connector.deadline import Deadline
@@ -215,7 +215,7 @@ class Worker:
 
     def _ingest(self, messages: list[Any]) -> None:
         ledger = self._ledger
-        mapper = self._mapper.map
+        mapper = self._mapper.map_record
         account_of = self._mapper.account if self.config.mapping.stripe_account else None
         batcher_add = self._batcher.add
         max_bytes = self._max_bytes
@@ -224,6 +224,8 @@ class Worker:
         registry = self._registry
         consumed: dict[str, int] = {}
         fields: dict[str, Any] | None
+        state: PartitionOffsets | None = None
+        last: tuple[str, int] | None = None
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -231,7 +233,9 @@ class Worker:
                 continue
             topic = msg.topic()
             partition = msg.partition()
-            state = ledger.get(topic, partition)
+            if last is None or partition != last[1] or topic != last[0]:  # polls come in runs
+                state = ledger.get(topic, partition)
+                last = (topic, partition)
             if state is None:  # fetched just before a revocation: the new owner reads it
                 continue
             offset = msg.offset()
@@ -246,10 +250,10 @@ class Worker:
                         continue  # held until the Schema Registry answers
                 events = mapper(
                     fields,
-                    topic=topic,
-                    partition=partition,
-                    offset=offset,
-                    kafka_timestamp_ms=msg.timestamp()[1] or None,
+                    topic,
+                    partition,
+                    offset,
+                    msg.timestamp()[1] or None,
                 )
                 if account_of is not None:
                     record.account = account_of(fields)
@@ -358,9 +362,7 @@ class Worker:
             self._changed.set()
 
     def _accepted(self, batch: Batch, request_id: str | None) -> None:
-        finish = self._ledger.finish
-        for record in batch.records:
-            finish(record)
+        self._ledger.finish_each(batch.records)
         metrics.EVENTS_SENT.inc(len(batch))
         metrics.BATCHES.labels("ok").inc()
         self.stats["events_sent"] += len(batch)
@@ -636,6 +638,7 @@ def run_worker(
                 loop.add_signal_handler(sig, worker.request_stop)
         if on_ready is not None:
             on_ready(worker)
+        heap.tune_for_streaming()
         try:
             await worker.run()
         finally:

@@ -94,3 +94,17 @@ def test_while_stripe_cannot_list_meters_the_records_stay_held() -> None:
     world.now[0] += 5
     assert world.turns() == [0]
     assert world.refused == []
+
+
+def test_a_name_once_sendable_is_judged_again_when_the_list_changes() -> None:
+    """The gate remembers what passed (its hot path makes no call for it) only as long as
+    the list it was judged against: a meter deactivated since is refused."""
+    inactive = [_meter("api_requests", status="inactive")]
+    world = World([[_meter("api_requests")], inactive, inactive])
+    assert world.gate.take(world.record(0), [_event("api_requests")])
+    assert world.gate.take(world.record(1), [_event("api_requests")])
+    world.now[0] += 61  # the list is due: read again, and the meter is now inactive
+    assert world.turns() == []
+    assert not world.gate.take(world.record(2), [_event("api_requests")])
+    assert world.turns() == [], "held for one more read (early), then refused"
+    assert world.refused == [(2, "no_active_meter")]

@@ -110,6 +110,26 @@ def test_the_ledger_holds_records_behind_an_unresolved_one() -> None:
     assert [(s.partition, pos) for s, pos in ledger.positions()] == [(0, 5), (1, 1)]
 
 
+def test_an_accepted_batch_finishes_each_event_and_wakes_the_loop_once() -> None:
+    """finish_each is finish per event (a fan-out record appears once per event)."""
+    woken: list[int] = []
+    ledger = OffsetLedger(on_resolved=lambda: woken.append(1))
+    ledger.assign([("usage", 0)])
+    state = ledger.partitions[("usage", 0)]
+    single, fanned, waiting = (state.track(f"m{i}", i) for i in range(3))
+    fanned.remaining = 2
+    waiting.remaining = 2
+    ledger.finish_each([single, fanned, waiting])
+    assert (single.remaining, fanned.remaining, waiting.remaining) == (0, 1, 1)
+    assert woken == [1], "one record became resolved: one wake-up"
+    ledger.finish_each([fanned, waiting, waiting])
+    assert [r.remaining for r in (fanned, waiting)] == [0, -1]
+    assert woken == [1, 1]
+    assert [(s.partition, pos) for s, pos in ledger.positions()] == [(0, 3)]
+    ledger.finish_each([])
+    assert woken == [1, 1], "nothing resolved: no wake-up"
+
+
 def test_the_ledger_forgets_a_closed_partition_and_its_late_answers() -> None:
     woken: list[int] = []
     ledger = OffsetLedger(on_resolved=lambda: woken.append(1))
