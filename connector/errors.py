@@ -32,6 +32,7 @@ DeadLetterReason = Literal[
     "rejected_by_stripe",  # Stripe answered 4xx (not 401/429) for this event alone
     "no_active_meter",  # no active Stripe meter has this event name: Stripe would drop it
     "meter_payload_mismatch",  # the meter reads customer or value under other payload keys
+    "windowed_meter",  # the meter keeps only the latest event per window (event_time_window)
 ]
 
 #: Every reason code, in documentation order; DLQ consumers can rely on these strings.
@@ -45,6 +46,7 @@ DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = (
     "rejected_by_stripe",
     "no_active_meter",
     "meter_payload_mismatch",
+    "windowed_meter",
 )
 #: Reasons earlier versions wrote and this one never does (kept for DLQ readers):
 #: ``session_expired``, sessions refused after renewal, is now an outage (retried).

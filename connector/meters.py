@@ -182,9 +182,12 @@ class MeterCatalog:
         fetch: Callable[[], Awaitable[list[Meter]]] | None = None,
         refresh_seconds: float = 60.0,
         enabled: bool = True,
+        allow_windowed: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.enabled = enabled
+        #: ``meters.allow_windowed``: records carry running totals, send windowed meters.
+        self.allow_windowed = allow_windowed
         self._fetch = fetch
         self._refresh_seconds = refresh_seconds
         self._clock = clock
@@ -314,6 +317,8 @@ class MeterCatalog:
                 f"{meter.value_payload_key!r}, the config sends it under {value_key!r} "
                 f"(set mapping.value_payload_key to {meter.value_payload_key!r})",
             )
+        if meter.event_time_window and not self.allow_windowed:
+            return MeterProblem("windowed_meter", _windowed_message(meter))
         return None
 
     def problems(self, mapping: MappingConfig) -> list[str]:
@@ -377,7 +382,21 @@ class MeterCatalog:
                     "meter_payload_mismatch",
                 )
             )
+        if meter.event_time_window and not self.allow_windowed:
+            found.append(
+                (fixed.name_key, f"windowed_meter: {_windowed_message(meter)}", "windowed_meter")
+            )
         return found
+
+
+def _windowed_message(meter: Meter) -> str:
+    return (
+        f"meter {meter.id} for event name {meter.event_name!r} has event_time_window "
+        f"{meter.event_time_window!r}: Stripe keeps only the latest event per customer per "
+        f"{meter.event_time_window}, so one event per record would bill the last record and "
+        "drop the others; set meters.allow_windowed to true only if the records carry "
+        "running totals"
+    )
 
 
 # -- start-up ---------------------------------------------------------------------------
@@ -409,7 +428,12 @@ async def fetch_catalog(config: MeterstreamConfig, *, attempts: int | None = Non
         )
     except AuthenticationError as exc:
         raise ConfigError([(_auth_setting(exc), str(exc))]) from None
-    return MeterCatalog(meters, fetch=fetch, refresh_seconds=settings.refresh_seconds)
+    return MeterCatalog(
+        meters,
+        fetch=fetch,
+        refresh_seconds=settings.refresh_seconds,
+        allow_windowed=settings.allow_windowed,
+    )
 
 
 def _auth_setting(exc: AuthenticationError) -> str:
