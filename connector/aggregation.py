@@ -1,0 +1,378 @@
+"""Exact pre-aggregation: a partition's records in blocks, one event per aggregate key.
+
+A **block** is a contiguous offset range of one partition (docs/aggregation.md). Every
+record consumed joins its partition's open block; the block closes after
+``aggregation.max_records`` records, ``max_seconds`` after its first, as soon as the
+partition is caught up, or when fetching is paused on held records. A closed block starts
+(its aggregates are made and sent) only once the block before it is fully resolved and its
+range has been committed as the partition's commit metadata (``connector.block_range``).
+A block re-formed from that metadata ends exactly where the first one did.
+
+Within a block, events of **sum** and **last** meters are grouped by the aggregation key
+(connected account, event name, customer and dimensions, timestamp bucket):
+
+- sum: the value is the sum of the values, the timestamp the bucket's start;
+- last: the value and timestamp of the record with the latest timestamp (ties: the
+  higher offset);
+- count meters, meters with an ``event_time_window`` (``meters.allow_windowed``) and
+  event names without a known meter go one event per record, as without aggregation.
+
+An event whose identifier appeared earlier in the block (a duplicate record id) is summed
+once: it stays a member of its aggregate (answered with it) without adding its value.
+Folding happens when the block starts, in offset order, so the result depends only on the
+block's records, never on the order they were handed in. An aggregate's identifier is a
+hash of (topic, partition, block start, aggregation key, part), hence the same in every
+process that re-forms the block; a sum that would exceed 15 digits continues in a next part.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import orjson
+
+from connector import metrics
+from connector.block_range import BlockRange
+from connector.config import AggregationConfig, MappingConfig
+from connector.identifiers import hashed
+from connector.mapping import MeterEventBody
+from connector.meters import MeterCatalog
+from connector.offsets import PartitionOffsets, PendingRecord
+from connector.timestamps import format_rfc3339_ms, parse_timestamp, wire_epoch
+
+#: Stripe refuses values with more than 15 digits: a larger sum continues in a next part.
+_VALUE_LIMIT = 10**15
+
+Key = tuple[str, int]
+#: (connected account, event name, payload without the value, bucket start in epoch seconds).
+AggregateKey = tuple[str | None, str, tuple[tuple[str, str], ...], int]
+
+
+class Contribution(NamedTuple):
+    """One event of one record, waiting in a block to be folded."""
+
+    offset: int
+    value: int
+    epoch: float
+    event: MeterEventBody
+    record: PendingRecord
+
+
+class AggregateRecord(PendingRecord):
+    """What a batch carries for one aggregate event: its answer answers every member.
+
+    ``members[i]`` is a record the aggregate summed (or a duplicate it absorbed) and
+    ``member_events[i]`` that record's own event, for its dead letter.
+    """
+
+    __slots__ = ("identifier", "member_events", "members")
+
+    def __init__(
+        self,
+        partition: PartitionOffsets,
+        identifier: str,
+        members: list[PendingRecord],
+        member_events: list[MeterEventBody],
+    ) -> None:
+        super().__init__(members[0].message, partition, members[0].offset)
+        self.identifier = identifier
+        self.members = members
+        self.member_events = member_events
+
+
+class Block:
+    """One partition's offset range and the contributions of its records."""
+
+    __slots__ = ("closed", "end", "groups", "last", "opened_at", "records", "start", "started")
+
+    def __init__(self, start: int, opened_at: float, end: int | None = None) -> None:
+        self.start = start
+        #: Exclusive end fixed by commit metadata (a re-formed block), else None.
+        self.end = end
+        self.last = start - 1
+        self.opened_at = opened_at
+        self.records: list[PendingRecord] = []
+        self.groups: dict[AggregateKey, list[Contribution]] = {}
+        self.closed = False
+        self.started = False
+
+    def range(self) -> BlockRange:
+        """What the commit metadata says about this block."""
+        return BlockRange(self.start, self.end if self.end is not None else self.last + 1)
+
+
+class _Partition:
+    __slots__ = ("blocks", "state")
+
+    def __init__(self, state: PartitionOffsets) -> None:
+        self.state = state
+        #: Oldest first; only the last one may be open, only the first one started.
+        self.blocks: deque[Block] = deque()
+
+
+class Started(NamedTuple):
+    """What starting a block produced: aggregate events with their carriers, and the
+    members answered already (duplicates whose first occurrence is in another aggregate)."""
+
+    events: list[tuple[MeterEventBody, AggregateRecord]]
+    resolved: list[PendingRecord]
+
+
+class Aggregator:
+    """Blocks per assigned partition; the worker's loop drives it (one thread)."""
+
+    def __init__(
+        self,
+        config: AggregationConfig,
+        catalog: MeterCatalog,
+        mapping: MappingConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        account_of: Callable[[MeterEventBody], str | None] = lambda _event: None,
+    ) -> None:
+        self._bucket = config.bucket_seconds
+        self._max_records = config.max_records
+        self._max_seconds = config.max_seconds
+        self._catalog = catalog
+        self._clock = clock
+        self._account_of = account_of
+        self._value_keys = {
+            entry.event_name: entry.value_payload_key or mapping.value_payload_key
+            for entry in mapping.fan_out
+        }
+        self._value_key = mapping.value_payload_key
+        self._partitions: dict[Key, _Partition] = {}
+
+    # -- assignment -------------------------------------------------------------------------
+
+    def assign(self, state: PartitionOffsets, resume: BlockRange | None) -> None:
+        """A newly assigned partition; ``resume`` is the block its last owner had started."""
+        entry = self._partitions[(state.topic, state.partition)] = _Partition(state)
+        if resume is not None:
+            entry.blocks.append(Block(resume.start, self._clock(), end=resume.end))
+            state.cap = resume.start
+
+    def forget(self, state: PartitionOffsets) -> None:
+        """A revoked or lost partition: its blocks go (the next owner re-forms them)."""
+        entry = self._partitions.get((state.topic, state.partition))
+        if entry is not None and entry.state is state:
+            del self._partitions[(state.topic, state.partition)]
+
+    # -- records in -------------------------------------------------------------------------
+
+    def track(self, record: PendingRecord) -> None:
+        """A consumed record joins its partition's open block (opening one if needed)."""
+        state = record.partition
+        entry = self._partitions[(state.topic, state.partition)]
+        blocks = entry.blocks
+        offset = record.offset
+        block = blocks[-1] if blocks and not blocks[-1].closed else None
+        if block is not None and block.end is not None and offset >= block.end:
+            block.closed = True
+            block = None
+        if block is None:
+            block = Block(offset, self._clock())
+            if not blocks:
+                state.cap = offset
+            blocks.append(block)
+        block.records.append(record)
+        block.last = offset
+        if block.end is None:
+            if len(block.records) >= self._max_records:
+                block.closed = True
+        elif offset >= block.end - 1:
+            block.closed = True
+
+    def add(self, record: PendingRecord, events: list[MeterEventBody]) -> list[MeterEventBody]:
+        """File the record's aggregatable events in its block; return those sent as they are."""
+        direct: list[MeterEventBody] = []
+        block: Block | None = None
+        for event in events:
+            name = event["event_name"]
+            meter = self._catalog.get(name)
+            if meter is None or meter.formula == "count" or meter.event_time_window:
+                direct.append(event)
+                continue
+            if block is None:
+                block = self._block_of(record)
+            value_key = self._value_keys.get(name, self._value_key)
+            payload = event["payload"]
+            rest = tuple(sorted(item for item in payload.items() if item[0] != value_key))
+            stamp = event["timestamp"]
+            epoch = wire_epoch(stamp)
+            if epoch is None:
+                epoch = parse_timestamp(stamp)
+            bucket = int(epoch // self._bucket) * self._bucket
+            key = (self._account_of(event), name, rest, bucket)
+            contribution = Contribution(
+                record.offset, int(payload[value_key]), epoch, event, record
+            )
+            group = block.groups.get(key)
+            if group is None:
+                block.groups[key] = [contribution]
+            else:
+                group.append(contribution)
+        return direct
+
+    def _block_of(self, record: PendingRecord) -> Block:
+        state = record.partition
+        blocks = self._partitions[(state.topic, state.partition)].blocks
+        for block in reversed(blocks):
+            if record.offset >= block.start:
+                if block.started:  # cannot happen: a block starts only when nothing is held
+                    raise RuntimeError(f"record {record.offset} reached a started block")
+                return block
+        raise RuntimeError(f"record {record.offset} is in no block")
+
+    # -- closing and starting -----------------------------------------------------------------
+
+    def close_due(self, caught_up: Callable[[PartitionOffsets], bool], *, pressed: bool) -> None:
+        """Close open blocks that are due: old enough, caught up, or fetching is paused."""
+        now = self._clock()
+        for entry in self._partitions.values():
+            blocks = entry.blocks
+            if not blocks or blocks[-1].closed or not blocks[-1].records:
+                continue
+            block = blocks[-1]
+            # A re-formed block (``end`` set) closes on its range, or when nothing more comes.
+            timely = block.end is None and (pressed or now - block.opened_at >= self._max_seconds)
+            if timely or caught_up(entry.state):
+                block.closed = True
+
+    def startable(self) -> list[tuple[PartitionOffsets, Block]]:
+        """Drop resolved blocks; the closed blocks whose predecessor is resolved."""
+        ready: list[tuple[PartitionOffsets, Block]] = []
+        for entry in self._partitions.values():
+            state = entry.state
+            blocks = entry.blocks
+            while blocks and blocks[0].started and _resolved(state, blocks[0]):
+                blocks.popleft()
+                state.cap = blocks[0].start if blocks else None
+            if blocks and blocks[0].closed and not blocks[0].started:
+                ready.append((state, blocks[0]))
+        return ready
+
+    @staticmethod
+    def needs_commit(block: Block) -> bool:
+        """Whether starting ``block`` sends aggregates (then its range must be durable first)."""
+        return bool(block.groups)
+
+    def start(self, state: PartitionOffsets, block: Block) -> Started:
+        """Fold the block's groups into aggregate events (call once its range is durable)."""
+        block.started = True
+        first: dict[str, int] = {}
+        for group in block.groups.values():
+            for c in group:
+                identifier = c.event["identifier"]
+                seen = first.get(identifier)
+                if seen is None or c.offset < seen:
+                    first[identifier] = c.offset
+        events: list[tuple[MeterEventBody, AggregateRecord]] = []
+        resolved: list[PendingRecord] = []
+        for key, group in block.groups.items():
+            group.sort(key=_offset_of)
+            counted = [c for c in group if first[c.event["identifier"]] == c.offset]
+            duplicates = [c for c in group if first[c.event["identifier"]] != c.offset]
+            if not counted:
+                resolved.extend(c.record for c in duplicates)
+                continue
+            meter = self._catalog.get(key[1])
+            formula = meter.formula if meter is not None else "sum"
+            parts = _sum_parts(counted) if formula == "sum" else [counted]
+            for index, part in enumerate(parts):
+                event = self._aggregate(state, block, key, index, part, formula=formula)
+                members = part + duplicates if index == 0 else part
+                carrier = AggregateRecord(
+                    state,
+                    event["identifier"],
+                    [c.record for c in members],
+                    [c.event for c in members],
+                )
+                events.append((event, carrier))
+            metrics.AGGREGATED_RECORDS.labels(key[1]).inc(len(group))
+            metrics.AGGREGATE_EVENTS.labels(key[1]).inc(len(parts))
+        block.groups = {}
+        return Started(events, resolved)
+
+    def _aggregate(
+        self,
+        state: PartitionOffsets,
+        block: Block,
+        key: AggregateKey,
+        part: int,
+        contributions: list[Contribution],
+        *,
+        formula: str,
+    ) -> MeterEventBody:
+        account, name, rest, bucket = key
+        value_key = self._value_keys.get(name, self._value_key)
+        if formula == "last":
+            latest = max(contributions, key=_latest)
+            value = latest.value
+            stamp = latest.event["timestamp"]
+        else:
+            value = sum(c.value for c in contributions)
+            stamp = format_rfc3339_ms(bucket)
+        identity = [state.topic, state.partition, block.start, account, name, rest, bucket, part]
+        payload = dict(rest)
+        payload[value_key] = str(value)
+        return {
+            "event_name": name,
+            "identifier": hashed(orjson.dumps(identity).decode()),
+            "timestamp": stamp,
+            "payload": payload,
+        }
+
+    # -- commits ------------------------------------------------------------------------------
+
+    def metadata(self, state: PartitionOffsets, position: int) -> str:
+        """Commit metadata for ``position``: the started block's range when it starts there."""
+        entry = self._partitions.get((state.topic, state.partition))
+        if entry is None or not entry.blocks:
+            return ""
+        head = entry.blocks[0]
+        if head.started and head.start == position:
+            return head.range().encode()
+        return ""
+
+    def in_flight(self, state: PartitionOffsets) -> bool:
+        """Whether a started block of this partition still waits for answers."""
+        entry = self._partitions.get((state.topic, state.partition))
+        if entry is None or not entry.blocks:
+            return False
+        head = entry.blocks[0]
+        return head.started and not _resolved(state, head)
+
+    def blocks_of(self, state: PartitionOffsets) -> Iterable[Block]:
+        """The partition's blocks, oldest first (for tests and diagnostics)."""
+        entry = self._partitions.get((state.topic, state.partition))
+        return tuple(entry.blocks) if entry is not None else ()
+
+
+def _resolved(state: PartitionOffsets, block: Block) -> bool:
+    position = state.position()
+    return position is not None and position > block.last
+
+
+def _offset_of(contribution: Contribution) -> int:
+    return contribution.offset
+
+
+def _latest(contribution: Contribution) -> tuple[float, int]:
+    return (contribution.epoch, contribution.offset)
+
+
+def _sum_parts(counted: list[Contribution]) -> list[list[Contribution]]:
+    """Offset-ordered runs whose sums stay within Stripe's 15 digits."""
+    parts: list[list[Contribution]] = [[]]
+    total = 0
+    for c in counted:
+        if parts[-1] and abs(total + c.value) >= _VALUE_LIMIT:
+            parts.append([])
+            total = 0
+        parts[-1].append(c)
+        total += c.value
+    return parts
