@@ -242,18 +242,23 @@ class Aggregator:
             if timely or caught_up(entry.state):
                 block.closed = True
 
-    def startable(self) -> list[tuple[PartitionOffsets, Block]]:
-        """Drop resolved blocks; the closed blocks whose predecessor is resolved."""
-        ready: list[tuple[PartitionOffsets, Block]] = []
+    def settle(self) -> None:
+        """Drop started blocks whose every record is resolved (the cap moves on)."""
         for entry in self._partitions.values():
             state = entry.state
             blocks = entry.blocks
             while blocks and blocks[0].started and _resolved(state, blocks[0]):
                 blocks.popleft()
                 state.cap = blocks[0].start if blocks else None
-            if blocks and blocks[0].closed and not blocks[0].started:
-                ready.append((state, blocks[0]))
-        return ready
+
+    def startable(self) -> list[tuple[PartitionOffsets, Block]]:
+        """The closed blocks whose predecessor is resolved (after ``settle``)."""
+        self.settle()
+        return [
+            (entry.state, entry.blocks[0])
+            for entry in self._partitions.values()
+            if entry.blocks and entry.blocks[0].closed and not entry.blocks[0].started
+        ]
 
     @staticmethod
     def needs_commit(block: Block) -> bool:

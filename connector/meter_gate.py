@@ -61,6 +61,11 @@ class MeterGate:
         self._retry_at = 0.0
         self._failures = 0
 
+    @property
+    def holding(self) -> bool:
+        """Whether records wait for a fresh list (aggregation starts no block meanwhile)."""
+        return bool(self._held)
+
     def take(self, record: PendingRecord, events: list[MeterEventBody]) -> bool:
         """Whether ``events`` may be sent now; otherwise the record is refused or held."""
         check = self.catalog.check
