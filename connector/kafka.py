@@ -168,6 +168,8 @@ class GroupConsumer:
         #: Aggregation: hand each newly assigned partition over with its committed offset
         #: and commit metadata (a block in doubt, docs/aggregation.md).
         self.read_committed_on_assign = False
+        #: Set when close() starts: partitions assigned while leaving are never fetched.
+        self._closing = False
         #: Why Kafka is unusable right now (for /readyz); written on the poll thread.
         self.problem: str | None = None
         self._consumer: Any = Consumer(
@@ -215,6 +217,7 @@ class GroupConsumer:
 
     def close(self) -> None:
         """Leave the group (revoking what is left) and close the offsets reader (poll thread)."""
+        self._closing = True
         self._consumer.close()
         if self._offsets_reader is not None:
             self._offsets_reader.close()
@@ -231,7 +234,7 @@ class GroupConsumer:
 
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         assert self._assigned is not None
-        if self.read_committed_on_assign and partitions:
+        if self.read_committed_on_assign and partitions and not self._closing:
             partitions = self._committed_with_metadata(partitions)
         self._in_loop(self._assigned(partitions))
 
