@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                     "records_per_second": rate,
                     "over_account_limit": rate / ACCOUNT_EVENTS_PER_SECOND,
                     "over_ceiling": rate / ceiling["events_per_second"],
+                    "requests_200": stats["requests"]["by_status"].get("200", 0),
                     "requests_429": stats["requests"]["by_status"].get("429", 0),
                 }
                 figures["runs"].append(row)

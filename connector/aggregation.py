@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import orjson
 
@@ -47,18 +47,20 @@ from connector.timestamps import format_rfc3339_ms, parse_timestamp, wire_epoch
 _VALUE_LIMIT = 10**15
 
 Key = tuple[str, int]
-#: (connected account, event name, payload without the value, bucket start in epoch seconds).
-AggregateKey = tuple[str | None, str, tuple[tuple[str, str], ...], int]
-
-
-class Contribution(NamedTuple):
-    """One event of one record, waiting in a block to be folded."""
-
-    offset: int
-    value: int
-    epoch: float
-    event: MeterEventBody
-    record: PendingRecord
+#: (connected account, event name, payload without the value, bucket start as wire text).
+AggregateKey = tuple[str | None, str, tuple[tuple[str, str], ...], str]
+#: One event of one record waiting in a block: (offset, value, wire timestamp, the event,
+#: its record, counted). ``counted`` is False for an identifier seen earlier in the block.
+#: A plain tuple: one is made per record on the hot path.
+Contribution = tuple[int, int, str, MeterEventBody, PendingRecord, bool]
+_OFFSET: Final = 0
+_VALUE: Final = 1
+_STAMP: Final = 2
+_EVENT: Final = 3
+_RECORD: Final = 4
+_COUNTED: Final = 5
+#: Bucket starts are cached per minute of wire text; the cache is cleared beyond this.
+_BUCKET_CACHE_LIMIT = 100_000
 
 
 class AggregateRecord(PendingRecord):
@@ -84,9 +86,22 @@ class AggregateRecord(PendingRecord):
 
 
 class Block:
-    """One partition's offset range and the contributions of its records."""
+    """One partition's offset range and what its records contribute."""
 
-    __slots__ = ("closed", "end", "groups", "last", "opened_at", "records", "start", "started")
+    __slots__ = (
+        "closed",
+        "direct",
+        "end",
+        "groups",
+        "last",
+        "latest_added",
+        "opened_at",
+        "records",
+        "reordered",
+        "seen",
+        "start",
+        "started",
+    )
 
     def __init__(self, start: int, opened_at: float, end: int | None = None) -> None:
         self.start = start
@@ -96,6 +111,14 @@ class Block:
         self.opened_at = opened_at
         self.records: list[PendingRecord] = []
         self.groups: dict[AggregateKey, list[Contribution]] = {}
+        #: Events sent one per record (count meters...), sent when the block starts.
+        self.direct: list[tuple[MeterEventBody, PendingRecord]] = []
+        #: Identifier -> the offset that counts for it (the first seen).
+        self.seen: dict[str, int] = {}
+        #: The highest offset added; a lower one later means records came out of order
+        #: (held by the meter checks), and the fold re-decides what counts, by offset.
+        self.latest_added = -1
+        self.reordered = False
         self.closed = False
         self.started = False
 
@@ -114,10 +137,12 @@ class _Partition:
 
 
 class Started(NamedTuple):
-    """What starting a block produced: aggregate events with their carriers, and the
-    members answered already (duplicates whose first occurrence is in another aggregate)."""
+    """What starting a block produced: aggregate events with their carriers, the events
+    sent one per record with their records, and the members answered already (duplicates
+    whose first occurrence is in another aggregate)."""
 
     events: list[tuple[MeterEventBody, AggregateRecord]]
+    direct: list[tuple[MeterEventBody, PendingRecord]]
     resolved: list[PendingRecord]
 
 
@@ -145,6 +170,8 @@ class Aggregator:
         }
         self._value_key = mapping.value_payload_key
         self._partitions: dict[Key, _Partition] = {}
+        #: The first 16 characters of a wire timestamp (to the minute) -> its bucket start.
+        self._bucket_cache: dict[str, str] = {}
 
     # -- assignment -------------------------------------------------------------------------
 
@@ -186,36 +213,57 @@ class Aggregator:
         elif offset >= block.end - 1:
             block.closed = True
 
-    def add(self, record: PendingRecord, events: list[MeterEventBody]) -> list[MeterEventBody]:
-        """File the record's aggregatable events in its block; return those sent as they are."""
-        direct: list[MeterEventBody] = []
-        block: Block | None = None
+    def add(self, record: PendingRecord, events: list[MeterEventBody]) -> None:
+        """File the record's events in its block: aggregatable ones in their group, the
+        others to be sent one per record when the block starts."""
+        block = self._block_of(record)
+        offset = record.offset
+        if offset < block.latest_added:
+            block.reordered = True
+        else:
+            block.latest_added = offset
+        get_meter = self._catalog.get
         for event in events:
             name = event["event_name"]
-            meter = self._catalog.get(name)
+            meter = get_meter(name)
             if meter is None or meter.formula == "count" or meter.event_time_window:
-                direct.append(event)
+                block.direct.append((event, record))
                 continue
-            if block is None:
-                block = self._block_of(record)
             value_key = self._value_keys.get(name, self._value_key)
             payload = event["payload"]
-            rest = tuple(sorted(item for item in payload.items() if item[0] != value_key))
+            if len(payload) == 2:
+                rest = tuple(item for item in payload.items() if item[0] != value_key)
+            else:
+                rest = tuple(sorted(item for item in payload.items() if item[0] != value_key))
             stamp = event["timestamp"]
-            epoch = wire_epoch(stamp)
-            if epoch is None:
-                epoch = parse_timestamp(stamp)
-            bucket = int(epoch // self._bucket) * self._bucket
-            key = (self._account_of(event), name, rest, bucket)
-            contribution = Contribution(
-                record.offset, int(payload[value_key]), epoch, event, record
-            )
+            key = (self._account_of(event), name, rest, self._bucket_of(stamp))
+            identifier = event["identifier"]
+            seen = block.seen.get(identifier)
+            if seen is None:
+                block.seen[identifier] = offset
+            contribution = (offset, int(payload[value_key]), stamp, event, record, seen is None)
             group = block.groups.get(key)
             if group is None:
                 block.groups[key] = [contribution]
             else:
                 group.append(contribution)
-        return direct
+
+    def _bucket_of(self, stamp: str) -> str:
+        """The wire timestamp of the start of ``stamp``'s bucket."""
+        minute = stamp[:16]
+        cache = self._bucket_cache
+        found = cache.get(minute) if self._bucket % 60 == 0 else None
+        if found is not None:
+            return found
+        epoch = wire_epoch(stamp)
+        if epoch is None:
+            epoch = parse_timestamp(stamp)
+        start = format_rfc3339_ms(int(epoch // self._bucket) * self._bucket)
+        if self._bucket % 60 == 0:
+            if len(cache) >= _BUCKET_CACHE_LIMIT:
+                cache.clear()
+            cache[minute] = start
+        return start
 
     def _block_of(self, record: PendingRecord) -> Block:
         state = record.partition
@@ -268,39 +316,43 @@ class Aggregator:
     def start(self, state: PartitionOffsets, block: Block) -> Started:
         """Fold the block's groups into aggregate events (call once its range is durable)."""
         block.started = True
-        first: dict[str, int] = {}
-        for group in block.groups.values():
-            for c in group:
-                identifier = c.event["identifier"]
-                seen = first.get(identifier)
-                if seen is None or c.offset < seen:
-                    first[identifier] = c.offset
+        groups = _recounted(block.groups) if block.reordered else block.groups
         events: list[tuple[MeterEventBody, AggregateRecord]] = []
         resolved: list[PendingRecord] = []
-        for key, group in block.groups.items():
-            group.sort(key=_offset_of)
-            counted = [c for c in group if first[c.event["identifier"]] == c.offset]
-            duplicates = [c for c in group if first[c.event["identifier"]] != c.offset]
+        summed: dict[str, int] = {}
+        made: dict[str, int] = {}
+        for key, group in groups.items():
+            counted = [c for c in group if c[_COUNTED]]
             if not counted:
-                resolved.extend(c.record for c in duplicates)
+                resolved.extend(c[_RECORD] for c in group)
                 continue
             meter = self._catalog.get(key[1])
-            formula = meter.formula if meter is not None else "sum"
-            parts = _sum_parts(counted) if formula == "sum" else [counted]
+            if meter is not None and meter.formula == "last":
+                parts = [counted]
+            else:
+                total = sum(c[_VALUE] for c in counted)
+                parts = [counted] if -_VALUE_LIMIT < total < _VALUE_LIMIT else _sum_parts(counted)
             for index, part in enumerate(parts):
-                event = self._aggregate(state, block, key, index, part, formula=formula)
-                members = part + duplicates if index == 0 else part
+                event = self._aggregate(state, block, key, index, part)
+                members = group if len(parts) == 1 else part
+                if len(parts) > 1 and index == 0:
+                    members = part + [c for c in group if not c[_COUNTED]]
                 carrier = AggregateRecord(
                     state,
                     event["identifier"],
-                    [c.record for c in members],
-                    [c.event for c in members],
+                    [c[_RECORD] for c in members],
+                    [c[_EVENT] for c in members],
                 )
                 events.append((event, carrier))
-            metrics.AGGREGATED_RECORDS.labels(key[1]).inc(len(group))
-            metrics.AGGREGATE_EVENTS.labels(key[1]).inc(len(parts))
+            summed[key[1]] = summed.get(key[1], 0) + len(group)
+            made[key[1]] = made.get(key[1], 0) + len(parts)
+        for name, count in summed.items():  # once per name: labels() is not cheap
+            metrics.AGGREGATED_RECORDS.labels(name).inc(count)
+            metrics.AGGREGATE_EVENTS.labels(name).inc(made[name])
+        direct, block.direct = block.direct, []
         block.groups = {}
-        return Started(events, resolved)
+        block.seen = {}
+        return Started(events, direct, resolved)
 
     def _aggregate(
         self,
@@ -309,18 +361,17 @@ class Aggregator:
         key: AggregateKey,
         part: int,
         contributions: list[Contribution],
-        *,
-        formula: str,
     ) -> MeterEventBody:
         account, name, rest, bucket = key
         value_key = self._value_keys.get(name, self._value_key)
-        if formula == "last":
+        meter = self._catalog.get(name)
+        if meter is not None and meter.formula == "last":
             latest = max(contributions, key=_latest)
-            value = latest.value
-            stamp = latest.event["timestamp"]
+            value = latest[_VALUE]
+            stamp = latest[_STAMP]
         else:
-            value = sum(c.value for c in contributions)
-            stamp = format_rfc3339_ms(bucket)
+            value = sum(c[_VALUE] for c in contributions)
+            stamp = bucket
         identity = [state.topic, state.partition, block.start, account, name, rest, bucket, part]
         payload = dict(rest)
         payload[value_key] = str(value)
@@ -363,11 +414,33 @@ def _resolved(state: PartitionOffsets, block: Block) -> bool:
 
 
 def _offset_of(contribution: Contribution) -> int:
-    return contribution.offset
+    return contribution[_OFFSET]
 
 
-def _latest(contribution: Contribution) -> tuple[float, int]:
-    return (contribution.epoch, contribution.offset)
+def _latest(contribution: Contribution) -> tuple[str, int]:
+    # Wire timestamps are fixed-width UTC text: text order is time order.
+    return (contribution[_STAMP], contribution[_OFFSET])
+
+
+def _recounted(
+    groups: dict[AggregateKey, list[Contribution]],
+) -> dict[AggregateKey, list[Contribution]]:
+    """Groups in offset order with ``counted`` decided by offset (the first occurrence of an
+    identifier counts), for blocks whose records arrived out of order."""
+    first: dict[str, int] = {}
+    for group in groups.values():
+        for c in group:
+            identifier = c[_EVENT]["identifier"]
+            seen = first.get(identifier)
+            if seen is None or c[_OFFSET] < seen:
+                first[identifier] = c[_OFFSET]
+    return {
+        key: [
+            (c[0], c[1], c[2], c[3], c[4], first[c[_EVENT]["identifier"]] == c[_OFFSET])
+            for c in sorted(group, key=_offset_of)
+        ]
+        for key, group in groups.items()
+    }
 
 
 def _sum_parts(counted: list[Contribution]) -> list[list[Contribution]]:
@@ -375,9 +448,9 @@ def _sum_parts(counted: list[Contribution]) -> list[list[Contribution]]:
     parts: list[list[Contribution]] = [[]]
     total = 0
     for c in counted:
-        if parts[-1] and abs(total + c.value) >= _VALUE_LIMIT:
+        if parts[-1] and abs(total + c[_VALUE]) >= _VALUE_LIMIT:
             parts.append([])
             total = 0
         parts[-1].append(c)
-        total += c.value
+        total += c[_VALUE]
     return parts

@@ -156,7 +156,7 @@ METERS = Gauge(
 METER_PREFLIGHT_FAILURES = Counter(
     "meterstream_meter_preflight_failures",
     "Events refused before sending because no active meter takes them as mapped, by reason "
-    "(no_active_meter, meter_payload_mismatch).",
+    "(no_active_meter, meter_payload_mismatch, windowed_meter).",
     ["reason"],
 )
 

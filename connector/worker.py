@@ -246,9 +246,8 @@ class Worker:
             if checking and not meters_take(record, events):
                 continue
             if agg is not None:
-                events = agg.add(record, events)
-                if not events:
-                    continue
+                agg.add(record, events)  # sent when its block starts
+                continue
             batcher_add(events, record)
         if consumed:
             # Not a sign that Kafka is up: these may have been fetched before it went away.
@@ -287,9 +286,10 @@ class Worker:
 
     def _refresh_meters(self) -> None:
         """Let the meter gate read the list when due; batch what it releases."""
-        for record, released in self._meters.turn():
-            events = released if self._agg is None else self._agg.add(record, released)
-            if events:
+        for record, events in self._meters.turn():
+            if self._agg is not None:
+                self._agg.add(record, events)
+            else:
                 self._batcher.add(events, record)
 
     # -- sending --------------------------------------------------------------------------
@@ -475,8 +475,11 @@ class Worker:
         started = agg.start(state, block)
         for record in started.resolved:
             self._ledger.finish(record)
+        add = self._batcher.add
         for event, carrier in started.events:
-            self._batcher.add((event,), carrier)
+            add((event,), carrier)
+        for event, record in started.direct:
+            add((event,), record)
 
     def _caught_up(self, state: PartitionOffsets) -> bool:
         """Whether everything the partition holds was read (as of the last fetch)."""

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.aggregation import AggregateRecord, Aggregator, Block
+from connector.aggregation import Aggregator, Block, Started
 from connector.block_range import BlockRange
 from connector.config import AggregationConfig, MappingConfig
 from connector.mapping import Mapper, MeterEventBody
@@ -85,19 +85,24 @@ def _record(
 
 def _feed(
     aggregator: Aggregator, state: PartitionOffsets, offset: int, raw: dict[str, Any]
-) -> tuple[PendingRecord, list[MeterEventBody]]:
+) -> PendingRecord:
     record = state.track(None, offset)
     aggregator.track(record)
     events = MAPPER.map(raw, topic=state.topic, partition=state.partition, offset=offset,
                         kafka_timestamp_ms=None)  # fmt: skip
     record.remaining = len(events)
-    return record, aggregator.add(record, events)
+    aggregator.add(record, events)
+    return record
 
 
-def _answer(events: list[tuple[MeterEventBody, AggregateRecord]]) -> None:
-    for _event, carrier in events:
+def _answer(started: Started) -> None:
+    for _event, carrier in started.events:
         for member in carrier.members:
             member.finish()
+    for _event, record in started.direct:
+        record.finish()
+    for record in started.resolved:
+        record.finish()
 
 
 def test_sum_last_and_count_in_one_block() -> None:
@@ -105,7 +110,6 @@ def test_sum_last_and_count_in_one_block() -> None:
     state = PartitionOffsets("usage", 0)
     aggregator.assign(state, None)
     bucket = NOW - 2 * HOUR - (NOW % 60)  # a minute's start
-    direct = []
     for offset, raw in enumerate(
         [
             _record(0, value=5, at=bucket + 1),
@@ -117,11 +121,14 @@ def test_sum_last_and_count_in_one_block() -> None:
             _record(6, name="totals", value=50),  # windowed (allowed): one per record
         ]
     ):
-        direct.extend(_feed(aggregator, state, offset, raw)[1])
-    assert [e["event_name"] for e in direct] == ["requests", "totals"]
+        _feed(aggregator, state, offset, raw)
     aggregator.close_due(lambda _s: True, pressed=False)
     [(_, block)] = aggregator.startable()
     started = aggregator.start(state, block)
+    assert [(e["event_name"], r.offset) for e, r in started.direct] == [
+        ("requests", 5),
+        ("totals", 6),
+    ]
     got = {
         (e["event_name"], e["timestamp"], e["payload"]["value"]): len(c.members)
         for e, c in started.events
@@ -220,7 +227,7 @@ def test_blocks_close_on_size_age_catch_up_and_pressure_and_start_one_at_a_time(
     aggregator = _aggregator(clock, max_records=3, max_seconds=5)
     state = PartitionOffsets("usage", 0)
     aggregator.assign(state, None)
-    records = [_feed(aggregator, state, o, _record(o, at=NOW - HOUR))[0] for o in range(4)]
+    records = [_feed(aggregator, state, o, _record(o, at=NOW - HOUR)) for o in range(4)]
     blocks = list(aggregator.blocks_of(state))
     assert [(b.start, b.last, b.closed) for b in blocks] == [(0, 2, True), (3, 3, False)]
     assert state.to_commit() == 0  # capped at the first unfinished block
@@ -233,7 +240,7 @@ def test_blocks_close_on_size_age_catch_up_and_pressure_and_start_one_at_a_time(
     aggregator.close_due(lambda _s: False, pressed=False)
     assert aggregator.startable() == []  # closed, but waits for the first
     assert aggregator.in_flight(state)
-    _answer(started.events)
+    _answer(started)
     [(_, second)] = aggregator.startable()
     assert second.start == 3
     assert state.to_commit() == 3
@@ -342,9 +349,7 @@ def test_any_split_into_blocks_and_requests_bills_what_the_raw_records_bill(
     aggregator.assign(state, None)
     sent: list[MeterEventBody] = []
     for offset, raw in enumerate(raws):
-        record, direct = _feed(aggregator, state, offset, raw)
-        sent.extend(direct)
-        record.finish(len(direct))
+        _feed(aggregator, state, offset, raw)
         if offset + 1 in cuts:
             aggregator.close_due(lambda _s: False, pressed=True)
             sent.extend(_start_all(aggregator, state))
@@ -362,10 +367,9 @@ def _start_all(aggregator: Aggregator, state: PartitionOffsets) -> list[MeterEve
     while ready := aggregator.startable():
         for _state, block in ready:
             started = aggregator.start(state, block)
-            for record in started.resolved:
-                record.finish()
-            _answer(started.events)
+            _answer(started)
             sent.extend(event for event, _carrier in started.events)
+            sent.extend(event for event, _record in started.direct)
     return sent
 
 
