@@ -25,7 +25,7 @@ lint:
 	$(VENV)/hadolint Dockerfile
 
 ## Throughput benchmark (issue 5) and aggregation beyond the account's limit (issue 16):
-## writes bench/results/latest.json (aggregation under its own key) and a PNG chart.
+## writes bench/results/latest.json with a PNG chart, and bench/results/aggregation.json.
 bench: bootstrap
 	$(VENV)/python -m bench.run
 	$(VENV)/python -m bench.aggregation

@@ -9,9 +9,13 @@ meterstream with ``aggregation.enabled`` in burst mode against the emulator limi
 requests/s for the whole account (1,000 events/s), and reports records billed per second,
 events sent per record, the ratio to the account's event limit and to the ceiling.
 
+A last run (60 s buckets) is SIGKILLed three times mid-run while a second process joins the
+group and the last sixth of the records arrives; it reports the same exact totals.
+
 Every run is verified: each (meter, customer, hour) figure the emulator's event summaries
 give must equal what the records hold, so a fast wrong run is never reported. Figures go to
-``bench/results/latest.json`` under the key ``aggregation``.
+``bench/results/aggregation.json`` under the key ``aggregation`` (other keys of an existing
+file are kept).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--buckets", default="60,300", help="aggregation.bucket_seconds values")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/aggregation.json"))
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    parser.add_argument("--no-kills", action="store_true", help="skip the SIGKILL run")
     args = parser.parse_args(argv)
     if args.quick:
         args.records = min(args.records, 20_000)
@@ -85,13 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         figures["ceiling_records_per_second"] = ceiling["events_per_second"]
         _say(f"ceiling: {ceiling['events_per_second']:,.0f} records/s")
         for bucket in (int(b) for b in args.buckets.split(",") if b.strip()):
-            knobs = [
-                *("--meter", f"{SUM}:sum", "--meter", f"{LAST}:last"),
-                *("--meter", f"{COUNT}:count", "--no-auto-meters"),
-                *("--requests-per-second", str(ACCOUNT_REQUESTS_PER_SECOND)),
-                *("--events-per-second", str(ACCOUNT_EVENTS_PER_SECOND)),
-            ]
-            with EmulatorProcess(knobs) as emulator, emulator.client() as control:
+            with EmulatorProcess(_EMULATOR_KNOBS) as emulator, emulator.client() as control:
                 run = _run(bootstrap, topic, emulator.base_url, bucket, args)
                 stats = control.stats()
                 events = stats["events"]["accepted"]
@@ -123,12 +123,45 @@ def main(argv: list[str] | None = None) -> int:
                     f"{row['over_ceiling']:.2f}x the ceiling), "
                     f"{100 * row['events_per_record']:.2f} % events per record, totals exact"
                 )
+        if not args.no_kills:
+            killed = f"{topic}-kills"
+            create_topics(bootstrap, {killed: args.partitions})
+            with EmulatorProcess(_EMULATOR_KNOBS) as emulator, emulator.client() as control:
+                kills = _killed_run(bootstrap, killed, emulator.base_url, records, args)
+                stats = control.stats()
+                wrong = _verify(emulator.base_url, expected)
+                if wrong:
+                    raise SystemExit(
+                        f"SIGKILL run: {len(wrong)} (meter, customer, hour) figures wrong, "
+                        f"e.g. {wrong[:3]}"
+                    )
+                kills.update(
+                    verified=True,
+                    figures_checked=len(expected),
+                    events=stats["events"]["accepted"],
+                    duplicates_absorbed=stats["events"]["duplicates"],
+                )
+                figures["sigkill_run"] = kills
+                _say(
+                    f"SIGKILL run: {kills['kills']} kills, a member joined, "
+                    f"{kills['blocks_reformed']} blocks re-formed, "
+                    f"{kills['duplicates_absorbed']:,} resent events absorbed by the dedupe; "
+                    f"all {len(expected):,} (meter, customer, hour) figures exact"
+                )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = orjson.loads(args.out.read_bytes()) if args.out.exists() else {}
     results["aggregation"] = figures
     args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     _say(f"wrote {args.out} (key 'aggregation')")
     return 0
+
+
+_EMULATOR_KNOBS = [
+    *("--meter", f"{SUM}:sum", "--meter", f"{LAST}:last"),
+    *("--meter", f"{COUNT}:count", "--no-auto-meters"),
+    *("--requests-per-second", str(ACCOUNT_REQUESTS_PER_SECOND)),
+    *("--events-per-second", str(ACCOUNT_EVENTS_PER_SECOND)),
+]
 
 
 def _usage(
@@ -174,13 +207,13 @@ def _usage(
     return records, expected
 
 
-def _run(
-    bootstrap: str, topic: str, url: str, bucket: int, args: argparse.Namespace
-) -> dict[str, Any]:
-    config = {
+def _config(bootstrap: str, topic: str, url: str, bucket: int, group: str) -> dict[str, Any]:
+    return {
         "kafka": {
             "bootstrap_servers": bootstrap,
-            "group_id": f"bench-agg-{uuid.uuid4().hex[:8]}",
+            "group_id": group,
+            # A killed member holds its partitions until its session times out.
+            "consumer": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
             "topics": [topic],
             "dead_letter_topic": f"{topic}.dlq",
         },
@@ -195,6 +228,12 @@ def _run(
         "metrics": {"enabled": True, "host": "127.0.0.1", "port": _free_port()},
         "logging": {"level": "WARNING"},
     }
+
+
+def _run(
+    bootstrap: str, topic: str, url: str, bucket: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    config = _config(bootstrap, topic, url, bucket, f"bench-agg-{uuid.uuid4().hex[:8]}")
     with tempfile.TemporaryDirectory(prefix="bench-agg-") as scratch:
         path = Path(scratch) / "meterstream.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -207,6 +246,84 @@ def _run(
         if done.returncode != 0:
             raise SystemExit(f"meterstream exited {done.returncode}")
     return {"seconds": time.monotonic() - started}
+
+
+def _killed_run(
+    bootstrap: str,
+    topic: str,
+    url: str,
+    records: list[tuple[bytes, bytes]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Three SIGKILLs mid-run, a member joining, the last sixth of the records arriving."""
+    from meterstream_local.localkafka import produce_all
+
+    cut = len(records) * 5 // 6
+    produce_all(bootstrap, topic, records[:cut])
+    config = _config(bootstrap, topic, url, 60, f"bench-agg-kills-{uuid.uuid4().hex[:8]}")
+    config["logging"] = {"level": "INFO"}  # "re-forming the block in doubt" is INFO
+    config["metrics"] = {"enabled": False}  # several members on one machine
+    expected_events = 0.04 * len(records)  # about what 60 s buckets make of this usage
+    processes: list[subprocess.Popen[bytes]] = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-agg-kills-") as scratch:
+        path = Path(scratch) / "meterstream.yaml"
+        path.write_text(yaml.safe_dump(config))
+        logs = [Path(scratch) / f"member-{n}.log" for n in range(5)]
+
+        def member(n: int) -> subprocess.Popen[bytes]:
+            command = [sys.executable, "-m", "connector", "run", "--config", str(path)]
+            command += ["--until-idle", str(IDLE_SECONDS)]
+            with logs[n].open("wb") as log:
+                process = subprocess.Popen(
+                    command,
+                    env={**os.environ, "STRIPE_API_KEY": API_KEY},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            processes.append(process)
+            return process
+
+        def kill_at(process: subprocess.Popen[bytes], share: float) -> None:
+            _wait_accepted(url, share * expected_events)
+            process.send_signal(signal.SIGKILL)
+            process.wait(30)
+
+        try:
+            kill_at(member(0), 0.15)
+            second = member(1)
+            _wait_accepted(url, 0.3 * expected_events)
+            joiner = member(2)  # the group rebalances while blocks are in flight
+            produce_all(bootstrap, topic, records[cut:])  # records keep arriving
+            kill_at(second, 0.5)
+            kill_at(member(3), 0.7)
+            last = member(4)
+            for process, log in ((joiner, logs[2]), (last, logs[4])):
+                if process.wait(1800) != 0:
+                    tail = log.read_text(errors="replace").splitlines()[-5:]
+                    raise SystemExit(f"a member exited {process.returncode}: {tail}")
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+        text = "".join(log.read_text(errors="replace") for log in logs if log.exists())
+    return {
+        "records": len(records),
+        "kills": 3,
+        "members_joined": 1,
+        "records_after_start": len(records) - cut,
+        "blocks_reformed": text.count("re-forming the block in doubt"),
+        "wall_seconds": time.monotonic() - started,
+    }
+
+
+def _wait_accepted(url: str, at_least: float) -> None:
+    with httpx.Client(base_url=url, timeout=5) as control:
+        deadline = time.monotonic() + 600
+        while control.get("/_emulator/stats").json()["events"]["accepted"] < at_least:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"billing never reached {at_least:,.0f} events")
+            time.sleep(0.2)
 
 
 def _verify(url: str, expected: dict[Key, int]) -> list[tuple[Key, int, int]]:

@@ -86,7 +86,7 @@ def test_quick_aggregation_benchmark_verifies_and_writes_its_figures(
         kafka_bootstrap,
         "bench.aggregation",
         *("--quick", "--records", "3000", "--customers", "12", "--minutes", "15"),
-        *("--buckets", "300", "--out", str(out)),
+        *("--buckets", "300", "--no-kills", "--out", str(out)),
     )
     results = json.loads(out.read_text())
     assert results["records"] == 1
