@@ -8,22 +8,25 @@ emulator over loopback, the connector as a process.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 
 import orjson
 import pytest
 
+from connector.timestamps import format_rfc3339_ms
 from meterstream_local.emulator.meters import parse_meter_spec
 from tests.integration.aggregation_usage import (
     AGGREGATION,
+    HOUR,
     METERS,
     METERS_ON,
     SUM,
     assert_billed_exactly,
     usage,
 )
-from tests.integration.harness import headers_of, produce, read_topic
+from tests.integration.harness import headers_of, produce, read_topic, run_meterstream
 from tests.integration.test_connector import World, world_factory  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
@@ -69,7 +72,8 @@ def test_sum_last_count_refused_aggregate_and_windowed_meter_in_one_run(
     assert produce(world.bootstrap, world.topic, records) == len(records)
 
     aggregation = {**AGGREGATION, "bucket_seconds": 300}
-    world.run_until_idle(world.config(aggregation=aggregation, meters=METERS_ON))
+    config = world.config(aggregation=aggregation, meters=METERS_ON)
+    world.run_until_idle(config)
 
     assert_billed_exactly(world.emulator, expected)
     accepted = world.events()["accepted"]
@@ -94,3 +98,14 @@ def test_sum_last_count_refused_aggregate_and_windowed_meter_in_one_run(
     # 25 records, no timestamp: they share one minute unless a block boundary cuts them.
     assert 1 <= len(aggregates) <= 3, aggregates
     world.assert_all_committed()
+
+    # reconcile works unchanged: the sums are the same either way (whole hours, not recent).
+    end = int(time.time() - 600) // HOUR * HOUR
+    start, stop = (format_rfc3339_ms(t)[:19] + "Z" for t in (end - HOUR, end))
+    result = run_meterstream(
+        *("reconcile", "--config", str(config), "--start", start, "--end", stop),
+        env={"STRIPE_API_KEY": "sk_test_meterstream"},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pairs match" in result.stdout.splitlines()[-1]
