@@ -24,9 +24,11 @@ lint:
 	$(VENV)/mypy
 	$(VENV)/hadolint Dockerfile
 
-## Throughput benchmark (issue 5): writes bench/results/latest.json and a PNG chart.
+## Throughput benchmark (issue 5) and aggregation beyond the account's limit (issue 16):
+## writes bench/results/latest.json with a PNG chart, and bench/results/aggregation.json.
 bench: bootstrap
 	$(VENV)/python -m bench.run
+	$(VENV)/python -m bench.aggregation
 
 ## Four processes, one account limit: adaptive concurrency on and off (key "adaptive").
 bench-adaptive: bootstrap

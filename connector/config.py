@@ -21,6 +21,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import (
@@ -370,6 +371,34 @@ class MetersConfig(_Section):
     #: How old the meters list may get; an unknown event name refreshes it early, at most
     #: once per this many seconds.
     refresh_seconds: float = Field(60.0, ge=1, le=86_400)
+    #: Meters with an ``event_time_window`` keep only the latest event per customer per
+    #: window; their events are dead-lettered (``windowed_meter``) unless this says that
+    #: the records already carry running totals (then they go one event per record).
+    allow_windowed: bool = False
+
+
+class AggregationConfig(_Section):
+    """Exact pre-aggregation: one event per (customer, meter, dimensions, bucket) per block."""
+
+    #: Off: one event per record. On: sum and last meters travel as aggregates
+    #: (docs/aggregation.md).
+    enabled: bool = False
+    #: One customer's usage of one meter within one bucket becomes one event.
+    bucket_seconds: int = Field(60, ge=1, le=3600)
+    #: A partition's block closes after this many records...
+    max_records: int = Field(50_000, ge=1, le=1_000_000)
+    #: ...or this long after its first record, whichever comes first.
+    max_seconds: float = Field(5.0, gt=0, le=600)
+
+    @field_validator("bucket_seconds")
+    @classmethod
+    def _bucket_divides_hour(cls, seconds: int) -> int:
+        if 3600 % seconds:
+            raise ValueError(
+                f"{seconds} does not divide 3600 (a bucket must never cross an hour): "
+                "use e.g. 60, 300, 600, 900 or 3600"
+            )
+        return seconds
 
 
 class MeterstreamConfig(BaseSettings):
@@ -396,6 +425,7 @@ class MeterstreamConfig(BaseSettings):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     meters: MetersConfig = Field(default_factory=MetersConfig)
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -529,6 +559,14 @@ def semantic_problems(config: MeterstreamConfig) -> list[tuple[str, str]]:
                 "a Schema Registry: set schema_registry.url to the registry's "
                 "Confluent-compatible API (e.g. http://registry:8081; Apicurio: "
                 "http://registry:8080/apis/ccompat/v7), or set records.format to json",
+            )
+        )
+    if config.aggregation.enabled and not config.meters.preflight:
+        problems.append(
+            (
+                "aggregation.enabled",
+                "needs each meter's formula (sum, last or count) from the meters list: set "
+                "meters.preflight to true, or aggregation.enabled to false",
             )
         )
     return problems

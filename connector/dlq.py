@@ -13,6 +13,7 @@ Headers added (all UTF-8 strings):
     meterstream.request_id        Stripe's Request-Id (rejected_by_stripe)
     meterstream.event_name        the event at fault (fan-out records send several)
     meterstream.event_identifier  its identifier
+    meterstream.aggregate_identifier  the aggregate event that summed it (aggregation)
     meterstream.source.topic / .partition / .offset / .timestamp (ms since the epoch)
     meterstream.version           the connector version that dead-lettered it
     meterstream.attempts          how many times Stripe was asked (0 for local rejections)
@@ -163,11 +164,14 @@ class DeadLetterQueue:
         event: MeterEventBody | None = None,
         attempts: int = 0,
         origin: LetterOrigin | None = None,
+        aggregate: str | None = None,
     ) -> None:
         """Queue the record for the dead-letter topic; resolution comes with the report.
 
         With ``origin`` the record is itself a dead letter: the new letter keeps the
         original headers and source, and ``attempts`` becomes ``origin.attempts + 1``.
+        ``aggregate`` names the aggregate event that summed the record, when Stripe refused
+        that aggregate (docs/aggregation.md).
         """
         msg = record.message
         if origin is None:
@@ -203,6 +207,8 @@ class DeadLetterQueue:
         if event is not None:
             extra.append(("event_name", event["event_name"]))
             extra.append(("event_identifier", event["identifier"]))
+        if aggregate is not None:
+            extra.append(("aggregate_identifier", aggregate))
         headers.extend((HEADER_PREFIX + key, value.encode()) for key, value in extra)
         letter = _Letter(record, reason, headers)
         self.pending += 1

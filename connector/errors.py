@@ -36,6 +36,7 @@ DeadLetterReason = Literal[
     "meter_payload_mismatch",  # the meter reads customer or value under other payload keys
     "invalid_encoding",  # records.format is a registry format: not in the wire format, an
     # unknown schema id, or not decodable with its schema
+    "windowed_meter",  # the meter keeps only the latest event per window (event_time_window)
 ]
 
 #: Every reason code, in documentation order; DLQ consumers can rely on these strings.
@@ -50,6 +51,7 @@ DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = (
     "no_active_meter",
     "meter_payload_mismatch",
     "invalid_encoding",
+    "windowed_meter",
 )
 #: Reasons earlier versions wrote and this one never does (kept for DLQ readers):
 #: ``session_expired``, sessions refused after renewal, is now an outage (retried).

@@ -57,6 +57,8 @@ REBALANCE_COMMIT_ERRORS = frozenset(
 STATS_INTERVAL_MS = 2000
 #: Bound of each broker call of the burst-mode and retention checks: slow means "not yet".
 BROKER_CALL_TIMEOUT_SECONDS = 2.0
+#: Attempts at reading committed offsets on assignment (aggregation) before giving up.
+COMMITTED_READ_ATTEMPTS = 3
 
 
 def consumer_properties(kafka: KafkaConfig, **callbacks: Any) -> dict[str, Any]:
@@ -163,6 +165,11 @@ class GroupConsumer:
         self._assigned: Assigned | None = None
         self._revoked: Revoked | None = None
         self._offsets_reader: Any = None
+        #: Aggregation: hand each newly assigned partition over with its committed offset
+        #: and commit metadata (a block in doubt, docs/aggregation.md).
+        self.read_committed_on_assign = False
+        #: Set when close() starts: partitions assigned while leaving are never fetched.
+        self._closing = False
         #: Why Kafka is unusable right now (for /readyz); written on the poll thread.
         self.problem: str | None = None
         self._consumer: Any = Consumer(
@@ -210,6 +217,7 @@ class GroupConsumer:
 
     def close(self) -> None:
         """Leave the group (revoking what is left) and close the offsets reader (poll thread)."""
+        self._closing = True
         self._consumer.close()
         if self._offsets_reader is not None:
             self._offsets_reader.close()
@@ -226,7 +234,31 @@ class GroupConsumer:
 
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         assert self._assigned is not None
+        if self.read_committed_on_assign and partitions and not self._closing:
+            partitions = self._committed_with_metadata(partitions)
         self._in_loop(self._assigned(partitions))
+
+    def _committed_with_metadata(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """The committed offsets and metadata of ``partitions`` (poll thread, in on_assign,
+        before anything of them is fetched). Without them a block in doubt could be formed
+        differently and billed twice, so failing to read them ends the process."""
+        last: KafkaException | None = None
+        for _attempt in range(COMMITTED_READ_ATTEMPTS):
+            try:
+                found: list[TopicPartition] = self._consumer.committed(
+                    partitions, timeout=BROKER_CALL_TIMEOUT_SECONDS * 5
+                )
+            except KafkaException as exc:
+                last = exc
+                log.warning("reading committed offsets failed (retrying): %s", exc)
+                continue
+            if not any(tp.error is not None for tp in found):
+                return found
+            last = KafkaException(next(tp.error for tp in found if tp.error is not None))
+        raise RuntimeError(
+            f"cannot read the committed offsets of {len(partitions)} newly assigned "
+            f"partitions ({last}): aggregation needs them to re-form a block in doubt"
+        )
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         # The loop drains and says what to commit; the commit itself happens here, in the
@@ -254,6 +286,20 @@ class GroupConsumer:
         if sync:
             metrics.COMMITS.labels("ok").inc()
         return True
+
+    def commit_durably(self, offsets: list[TopicPartition]) -> set[Key]:
+        """Commit synchronously (poll thread, outside rebalance callbacks); the partitions
+        whose commit the broker confirmed. Aggregation commits this way only: one commit
+        at a time, so a block's range can never be overwritten by an older commit."""
+        try:
+            result = self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            metrics.COMMITS.labels("failed").inc()
+            log.warning("commit failed (will retry): %s", exc)
+            return set()
+        done = {(tp.topic, tp.partition) for tp in result or () if tp.error is None}
+        metrics.COMMITS.labels("ok" if len(done) == len(offsets) else "failed").inc()
+        return done
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         failed = err is not None or any(tp.error is not None for tp in partitions)

@@ -100,6 +100,11 @@ class MeterGate:
                 return where + gate.catalog.problem
         return None
 
+    @property
+    def holding(self) -> bool:
+        """Whether records wait for a fresh list (aggregation starts no block meanwhile)."""
+        return any(gate.held for gate in self._gates.values())
+
     def take(self, record: PendingRecord, events: list[MeterEventBody]) -> bool:
         """Whether ``events`` may be sent now; otherwise the record is refused or held."""
         gate = self._gates.get(record.account) or self._gate(record.account)

@@ -191,11 +191,14 @@ class MeterCatalog:
         enabled: bool = True,
         account: str | None = None,
         listed: bool = True,
+        allow_windowed: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.enabled = enabled
         #: The connected account whose meters these are; None: the platform.
         self.account = account
+        #: ``meters.allow_windowed``: records carry running totals, send windowed meters.
+        self.allow_windowed = allow_windowed
         self._fetch = fetch
         self._refresh_seconds = refresh_seconds
         self._clock = clock
@@ -342,6 +345,8 @@ class MeterCatalog:
                 f"{meter.value_payload_key!r}, the config sends it under {value_key!r} "
                 f"(set mapping.value_payload_key to {meter.value_payload_key!r})",
             )
+        if meter.event_time_window and not self.allow_windowed:
+            return MeterProblem("windowed_meter", _windowed_message(meter))
         return None
 
     def problems(self, mapping: MappingConfig) -> list[str]:
@@ -405,7 +410,21 @@ class MeterCatalog:
                     "meter_payload_mismatch",
                 )
             )
+        if meter.event_time_window and not self.allow_windowed:
+            found.append(
+                (fixed.name_key, f"windowed_meter: {_windowed_message(meter)}", "windowed_meter")
+            )
         return found
+
+
+def _windowed_message(meter: Meter) -> str:
+    return (
+        f"meter {meter.id} for event name {meter.event_name!r} has event_time_window "
+        f"{meter.event_time_window!r}: Stripe keeps only the latest event per customer per "
+        f"{meter.event_time_window}, so one event per record would bill the last record and "
+        "drop the others; set meters.allow_windowed to true only if the records carry "
+        "running totals"
+    )
 
 
 # -- start-up ---------------------------------------------------------------------------
@@ -437,7 +456,12 @@ async def fetch_catalog(config: MeterstreamConfig, *, attempts: int | None = Non
         )
     except AuthenticationError as exc:
         raise ConfigError([(_auth_setting(exc), str(exc))]) from None
-    return MeterCatalog(meters, fetch=fetch, refresh_seconds=settings.refresh_seconds)
+    return MeterCatalog(
+        meters,
+        fetch=fetch,
+        refresh_seconds=settings.refresh_seconds,
+        allow_windowed=settings.allow_windowed,
+    )
 
 
 def account_catalog(config: MeterstreamConfig, account: str) -> MeterCatalog:
@@ -452,7 +476,12 @@ def account_catalog(config: MeterstreamConfig, account: str) -> MeterCatalog:
         return await list_meters(config.stripe, api_key, account=account)
 
     return MeterCatalog(
-        (), fetch=fetch, refresh_seconds=settings.refresh_seconds, account=account, listed=False
+        (),
+        fetch=fetch,
+        refresh_seconds=settings.refresh_seconds,
+        account=account,
+        listed=False,
+        allow_windowed=settings.allow_windowed,
     )
 
 

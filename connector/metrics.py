@@ -51,6 +51,16 @@ BATCHES = Counter(
 DEAD_LETTERS = Counter(
     "meterstream_dead_letters", "Records written to the dead-letter topic, by reason.", ["reason"]
 )
+AGGREGATED_RECORDS = Counter(
+    "meterstream_aggregated_records",
+    "Records summed into aggregate events (aggregation.enabled), by event name.",
+    ["event_name"],
+)
+AGGREGATE_EVENTS = Counter(
+    "meterstream_aggregate_events",
+    "Aggregate events made from those records, by event name (records / events: the reduction).",
+    ["event_name"],
+)
 REQUEST_DURATION = Histogram(
     "meterstream_request_duration_seconds",
     "Latency of meter event stream requests, by outcome.",
@@ -146,7 +156,7 @@ METERS = Gauge(
 METER_PREFLIGHT_FAILURES = Counter(
     "meterstream_meter_preflight_failures",
     "Events refused before sending because no active meter takes them as mapped, by reason "
-    "(no_active_meter, meter_payload_mismatch).",
+    "(no_active_meter, meter_payload_mismatch, windowed_meter).",
     ["reason"],
 )
 

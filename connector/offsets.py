@@ -64,6 +64,7 @@ class PartitionOffsets:
     """
 
     __slots__ = (
+        "cap",
         "closed",
         "committed",
         "last_message",
@@ -84,6 +85,9 @@ class PartitionOffsets:
         #: The last position (next offset to read) handed to Kafka as a commit.
         self.committed: int | None = None
         self.closed = False
+        #: The highest position a commit may name (aggregation: the first unfinished
+        #: block's start, docs/aggregation.md); None: no cap.
+        self.cap: int | None = None
 
     def track(self, message: Any, offset: int) -> PendingRecord:
         """Register a newly consumed record; it starts with one obligation."""
@@ -115,6 +119,8 @@ class PartitionOffsets:
     def to_commit(self) -> int | None:
         """The position to commit now, or None when it has not advanced since last time."""
         position = self.position()
+        if position is not None and self.cap is not None and position > self.cap:
+            position = self.cap
         if position is None or (self.committed is not None and position <= self.committed):
             return None
         return position

@@ -110,6 +110,30 @@ def _from_epoch_number(number: float) -> float:
     return seconds
 
 
+def wire_epoch(text: str) -> float | None:
+    """Epoch seconds of a string already in the wire shape, else None (take the general path).
+
+    For text the connector wrote itself (an event's timestamp, e.g. its aggregation
+    bucket): the same ``fromisoformat`` as ``parse_timestamp`` without its general
+    checks. None, never a guess, for anything else or for an invalid time (month 13).
+    """
+    if (
+        len(text) == 24
+        and text[23] == "Z"
+        and text[19] == "."
+        and text[10] == "T"
+        and text[4] == "-"
+        and text[7] == "-"
+        and text[13] == ":"
+        and text[16] == ":"
+    ):
+        try:
+            return datetime.fromisoformat(text).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
 def _is_numeric(text: str) -> bool:
     """``-?digits(.digits)?``, ASCII only (``float`` would also take "1e9", "inf", "١٢")."""
     body = text[1:] if text[:1] == "-" else text

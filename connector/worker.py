@@ -27,7 +27,9 @@ from typing import Any
 from confluent_kafka import KafkaError, TopicPartition
 
 from connector import concurrency, heap, metrics
+from connector.aggregation import AggregateRecord, Aggregator, Block
 from connector.batching import Batch, Batcher
+from connector.block_range import BlockRange
 from connector.config import MeterstreamConfig
 from connector.deadline import Deadline
 from connector.delivery import Delivery
@@ -113,6 +115,13 @@ class Worker:
             else None
         )
         self._batcher = Batcher(config.batching.max_events, config.batching.linger_ms / 1000)
+        #: Blocks of aggregated records per partition (aggregation.enabled), else None.
+        self._agg: Aggregator | None = None
+        if config.aggregation.enabled:
+            self._agg = Aggregator(
+                config.aggregation, catalog, config.mapping, catalog_of=self._meters.catalog_of
+            )
+            consumer.read_committed_on_assign = True
         self._ledger = OffsetLedger(on_resolved=self._wake)
         self._ready: deque[Batch] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -160,15 +169,21 @@ class Worker:
                     self._ingest(messages)
                 self._refresh_meters()
                 self._release_registry()
+                if self._agg is not None:
+                    await self._aggregate_turn(self._agg, loop, executor)
                 self._dispatch()
                 self._dlq.poll()
-                self._maybe_commit(loop)
+                if self._agg is None:
+                    self._maybe_commit(loop)
                 self._apply_backpressure()
                 self._update_health()
                 if self._paused:
                     await self._await_room(self._poll_timeout())
                 if self.until_idle is not None and self._idle_long_enough():
-                    self._commit(sync=False)
+                    if self._agg is None:
+                        self._commit(sync=False)
+                    else:
+                        await self._commit_durably(self._positions(), loop, executor)
                     if not await loop.run_in_executor(executor, self.consumer.committed_to_end):
                         continue
                     log.info("caught up and idle for %.1f s: stopping", self.until_idle)
@@ -222,6 +237,7 @@ class Worker:
         checking = self._meters.enabled
         meters_take = self._meters.take
         registry = self._registry
+        agg = self._agg
         consumed: dict[str, int] = {}
         fields: dict[str, Any] | None
         state: PartitionOffsets | None = None
@@ -240,6 +256,8 @@ class Worker:
                 continue
             offset = msg.offset()
             record = state.track(msg, offset)
+            if agg is not None:
+                agg.track(record)
             consumed[topic] = consumed.get(topic, 0) + 1
             try:
                 if registry is None:
@@ -262,6 +280,9 @@ class Worker:
                 continue
             record.remaining = len(events)
             if checking and not meters_take(record, events):
+                continue
+            if agg is not None:
+                agg.add(record, events)  # sent when its block starts
                 continue
             batcher_add(events, record)
         if consumed:
@@ -296,6 +317,9 @@ class Worker:
             record.remaining = len(events)
             if self._meters.enabled and not self._meters.take(record, events):
                 continue
+            if self._agg is not None:
+                self._agg.add(record, events)  # sent when its block starts
+                continue
             self._batcher.add(events, record)
 
     def _refuse(
@@ -329,7 +353,10 @@ class Worker:
     def _refresh_meters(self) -> None:
         """Let the meter gate read the list when due; batch what it releases."""
         for record, events in self._meters.turn():
-            self._batcher.add(events, record)
+            if self._agg is not None:
+                self._agg.add(record, events)
+            else:
+                self._batcher.add(events, record)
 
     # -- sending --------------------------------------------------------------------------
 
@@ -362,7 +389,16 @@ class Worker:
             self._changed.set()
 
     def _accepted(self, batch: Batch, request_id: str | None) -> None:
-        self._ledger.finish_each(batch.records)
+        if self._agg is None:  # the hot path: one call for the batch
+            self._ledger.finish_each(batch.records)
+        else:
+            finish = self._ledger.finish
+            for record in batch.records:
+                if isinstance(record, AggregateRecord):  # its answer answers every member
+                    for member in record.members:
+                        finish(member)
+                else:
+                    finish(record)
         metrics.EVENTS_SENT.inc(len(batch))
         metrics.BATCHES.labels("ok").inc()
         self.stats["events_sent"] += len(batch)
@@ -375,13 +411,47 @@ class Worker:
         request_id: str | None,
         event: MeterEventBody,
     ) -> None:
-        """An event is refused for good: its record goes to the DLQ (once)."""
+        """An event is refused for good: its record goes to the DLQ (once); an aggregate's
+        refusal sends every record it summed, each naming the aggregate."""
+        if isinstance(record, AggregateRecord):
+            note = f"{message} (aggregate of {len(record.members)} records)"
+            for member, own_event in zip(record.members, record.member_events, strict=True):
+                self._dead_letter_member(
+                    member, reason, note, request_id, event=own_event, aggregate=record.identifier
+                )
+            return
 
         def write_letter() -> None:
             self._log_record(
                 logging.WARNING, "dead-lettering record: %s: %s", reason, message, record.message
             )
             self._dlq.send(record, reason, message, request_id=request_id, event=event, attempts=1)
+
+        self._ledger.refuse(record, write_letter)
+
+    def _dead_letter_member(
+        self,
+        record: PendingRecord,
+        reason: DeadLetterReason,
+        message: str,
+        request_id: str | None,
+        *,
+        event: MeterEventBody,
+        aggregate: str,
+    ) -> None:
+        def write_letter() -> None:
+            self._log_record(
+                logging.WARNING, "dead-lettering record: %s: %s", reason, message, record.message
+            )
+            self._dlq.send(
+                record,
+                reason,
+                message,
+                request_id=request_id,
+                event=event,
+                attempts=1,
+                aggregate=aggregate,
+            )
 
         self._ledger.refuse(record, write_letter)
 
@@ -392,8 +462,17 @@ class Worker:
     # -- commits --------------------------------------------------------------------------
 
     def _positions(self, states: list[PartitionOffsets] | None = None) -> list[TopicPartition]:
+        agg = self._agg
+        if agg is None:
+            return [
+                TopicPartition(state.topic, state.partition, position)
+                for state, position in self._ledger.positions(states)
+            ]
+        agg.settle()
         return [
-            TopicPartition(state.topic, state.partition, position)
+            TopicPartition(
+                state.topic, state.partition, position, metadata=agg.metadata(state, position)
+            )
             for state, position in self._ledger.positions(states)
         ]
 
@@ -414,6 +493,77 @@ class Worker:
     def _commit_now(self, offsets: list[TopicPartition]) -> bool:
         """The final, synchronous commit (poll thread)."""
         return self.consumer.commit(offsets, sync=True)
+
+    # -- aggregation (docs/aggregation.md) ------------------------------------------------
+
+    async def _aggregate_turn(
+        self, agg: Aggregator, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor
+    ) -> None:
+        """Close due blocks; make the ranges of startable ones durable, then send them; and
+        commit the resolved prefixes, synchronously, in the same call."""
+        agg.close_due(self._caught_up, pressed=self._paused)
+        registry_holding = self._registry is not None and self._registry.held > 0
+        ready = [] if self._meters.holding or registry_holding else agg.startable()
+        durable: dict[tuple[str, int], TopicPartition] = {}
+        for state, block in ready:
+            if agg.needs_commit(block):
+                durable[(state.topic, state.partition)] = TopicPartition(
+                    state.topic, state.partition, block.start, metadata=block.range().encode()
+                )
+            else:
+                self._start_block(agg, state, block)
+        offsets = list(durable.values())
+        now = time.monotonic()
+        commit_due = now - self._last_commit >= self.config.commit.interval_ms / 1000
+        if commit_due:
+            self._last_commit = now
+            offsets += [tp for tp in self._positions() if (tp.topic, tp.partition) not in durable]
+        if offsets:
+            done = await self._commit_durably(offsets, loop, executor)
+            for state, block in ready:
+                key = (state.topic, state.partition)
+                if key in durable and key in done and not state.closed:
+                    self._start_block(agg, state, block)
+        if commit_due:
+            self._lag.update(self._ledger.partitions.values(), loop)
+
+    async def _commit_durably(
+        self,
+        offsets: list[TopicPartition],
+        loop: asyncio.AbstractEventLoop,
+        executor: ThreadPoolExecutor,
+    ) -> set[tuple[str, int]]:
+        """A synchronous commit on the poll thread; marks and returns what was confirmed."""
+        if not offsets:
+            return set()
+        done = await loop.run_in_executor(executor, self.consumer.commit_durably, offsets)
+        self._mark_committed([tp for tp in offsets if (tp.topic, tp.partition) in done])
+        return done
+
+    def _start_block(self, agg: Aggregator, state: PartitionOffsets, block: Block) -> None:
+        """Its range is durable (or it has no aggregate): fold and hand the events over."""
+        started = agg.start(state, block)
+        for record in started.resolved:
+            self._ledger.finish(record)
+        add = self._batcher.add
+        for event, carrier in started.events:
+            add((event,), carrier)
+        for event, record in started.direct:
+            add((event,), record)
+
+    def _caught_up(self, state: PartitionOffsets) -> bool:
+        """Whether everything the partition holds was read (as of the last fetch)."""
+        high = self.consumer.high_watermark(state.topic, state.partition)
+        last = state.last_offset
+        return high is not None and last is not None and last + 1 >= high
+
+    def _unsettled(self, state: PartitionOffsets) -> bool:
+        """What a drain waits for: unresolved records, or (aggregation) a started block.
+
+        Blocks not started are left to the next owner: nothing of them was sent."""
+        if self._agg is None:
+            return state.unresolved > 0
+        return self._agg.in_flight(state)
 
     def _mark_committed(self, offsets: list[TopicPartition]) -> None:
         for tp in offsets:
@@ -514,6 +664,20 @@ class Worker:
 
     async def _assigned(self, partitions: list[TopicPartition]) -> None:
         self._ledger.assign((tp.topic, tp.partition) for tp in partitions)
+        if self._agg is not None:
+            for tp in partitions:
+                state = self._ledger.get(tp.topic, tp.partition)
+                assert state is not None
+                resume = BlockRange.decode(tp.metadata, tp.offset)
+                if resume is not None:
+                    log.info(
+                        "%s-%d: re-forming the block in doubt at offsets %d..%d",
+                        tp.topic,
+                        tp.partition,
+                        resume.start,
+                        resume.end - 1,
+                    )
+                self._agg.assign(state, resume)
         if self._reports is not None and self._election in _keys(partitions):
             # This member now owns the election: it alone polls Stripe's error reports.
             self._reports_task = asyncio.create_task(self._reports.run())
@@ -543,6 +707,8 @@ class Worker:
             offsets = self._positions(states)  # committed by the callback (poll thread)
         for state in states:
             abandoned = self._ledger.close(state)
+            if self._agg is not None:
+                self._agg.forget(state)
             if abandoned:
                 log.warning(
                     "handing over %s-%d with %d unresolved records (left uncommitted; "
@@ -561,7 +727,7 @@ class Worker:
     async def _drain(self, states: list[PartitionOffsets], deadline: Deadline) -> None:
         """Send what is buffered for these partitions; wait until resolved or ``deadline``."""
         self._dispatch(force=True)
-        while any(state.unresolved for state in states) and not deadline.passed:
+        while any(self._unsettled(state) for state in states) and not deadline.passed:
             self._dispatch(force=True)
             self._dlq.poll()
             self._refresh_meters()

@@ -75,3 +75,26 @@ def test_profile_writes_both_listings(kafka_bootstrap: str, tmp_path: Path) -> N
     assert "top 30 by cumulative time" in text
     # The connector's own hot path is in the listing, so the profile profiled the connector.
     assert "_ingest" in text
+
+
+def test_quick_aggregation_benchmark_verifies_and_writes_its_figures(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "latest.json"
+    out.write_text(json.dumps({"records": 1}))  # what bench.run wrote stays
+    run_bench(
+        kafka_bootstrap,
+        "bench.aggregation",
+        *("--quick", "--records", "3000", "--customers", "12", "--minutes", "15"),
+        *("--buckets", "300", "--no-kills", "--out", str(out)),
+    )
+    results = json.loads(out.read_text())
+    assert results["records"] == 1
+    figures = results["aggregation"]
+    [run] = figures["runs"]
+    assert run["verified"] is True
+    assert run["bucket_seconds"] == 300
+    # 12 customers x 3 buckets of sum, a gauge, a few count records: far fewer events.
+    assert 0 < run["events_per_record"] < 0.2
+    assert run["records_per_second"] > 0
+    assert figures["ceiling_records_per_second"] > 0

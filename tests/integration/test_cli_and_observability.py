@@ -71,6 +71,11 @@ def test_check_config_names_each_bad_key_and_exits_2(tmp_path: Path) -> None:
             id="equal payload keys",
         ),
         pytest.param(
+            {"aggregation": {"enabled": True}, "meters": {"preflight": False}},
+            "aggregation.enabled",
+            id="aggregation without the meters list",
+        ),
+        pytest.param(
             {"kafka": {"consumer": {"enable.auto.commit": True}}},
             "kafka.consumer.enable.auto.commit",
             id="reserved librdkafka key",

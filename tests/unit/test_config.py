@@ -124,3 +124,36 @@ def test_connection_settings_in_consumer_reach_every_client(tmp_path: Path) -> N
     assert common["ssl.ca.location"] == "/etc/kafka/ca.crt"
     assert common["sasl.password"] == "hunter2"
     assert "fetch.min.bytes" not in common, "consumer tuning stays with the consumer"
+
+
+def test_aggregation_is_off_by_default_with_the_issue_defaults() -> None:
+    aggregation = load_config(environ={}).aggregation
+    assert not aggregation.enabled
+    assert (aggregation.bucket_seconds, aggregation.max_records, aggregation.max_seconds) == (
+        60,
+        50_000,
+        5.0,
+    )
+    assert not load_config(environ={}).meters.allow_windowed
+
+
+def test_aggregation_without_the_meters_list_names_both_keys(tmp_path: Path) -> None:
+    path = _write(tmp_path, "aggregation:\n  enabled: true\nmeters:\n  preflight: false\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    [(key, message)] = info.value.problems
+    assert key == "aggregation.enabled"
+    assert "meters.preflight" in message
+
+
+@pytest.mark.parametrize("seconds", [7, 7200])
+def test_a_bucket_must_divide_the_hour(tmp_path: Path, seconds: int) -> None:
+    path = _write(tmp_path, f"aggregation:\n  enabled: true\n  bucket_seconds: {seconds}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert [key for key, _ in info.value.problems] == ["aggregation.bucket_seconds"]
+
+
+def test_a_bucket_dividing_the_hour_is_accepted(tmp_path: Path) -> None:
+    path = _write(tmp_path, "aggregation:\n  enabled: true\n  bucket_seconds: 300\n")
+    assert load_config(path, environ={}).aggregation.bucket_seconds == 300

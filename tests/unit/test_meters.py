@@ -310,3 +310,24 @@ def test_a_missing_object_is_a_plain_error_and_a_missing_url_a_config_one() -> N
     wrong_base = translate(response(404, {"error": {"message": "Unrecognized request URL"}}), "x")
     assert isinstance(wrong_base, AuthenticationError)
     assert "stripe.api_base" in str(wrong_base)
+
+
+def test_a_windowed_meter_is_refused_at_start_naming_the_meter_and_its_window() -> None:
+    catalog = MeterCatalog([meter("gauge", formula="last", window="hour")])
+    [line] = catalog.problems(MappingConfig(constant_event_name="gauge"))
+    assert line.startswith("mapping.constant_event_name: windowed_meter:")
+    for part in ("mtr_gauge", "'hour'", "meters.allow_windowed"):
+        assert part in line
+    allowed = MeterCatalog([meter("gauge", window="day")], allow_windowed=True)
+    assert allowed.problems(MappingConfig(constant_event_name="gauge")) == []
+
+
+def test_events_of_a_windowed_meter_are_refused_unless_allowed() -> None:
+    meters = [meter("gauge", window="day"), meter("plain")]
+    problem = MeterCatalog(meters).check("gauge", "stripe_customer_id", "value")
+    assert problem is not None
+    assert problem.reason == "windowed_meter"
+    assert "'day'" in problem.message
+    assert MeterCatalog(meters).check("plain", "stripe_customer_id", "value") is None
+    allowed = MeterCatalog(meters, allow_windowed=True)
+    assert allowed.check("gauge", "stripe_customer_id", "value") is None

@@ -1,0 +1,111 @@
+"""Aggregation end to end (issue 16): sum, last and count meters in one topic billed exactly
+per customer and per hour with far fewer events, an aggregate Stripe refuses dead-letters
+every record it summed, and a windowed meter's records are dead-lettered, not half-billed.
+
+One connector run serves every assertion (the suite's time is shared). Real broker, real
+emulator over loopback, the connector as a process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from connector.timestamps import format_rfc3339_ms
+from meterstream_local.emulator.meters import parse_meter_spec
+from tests.integration.aggregation_usage import (
+    AGGREGATION,
+    HOUR,
+    METERS,
+    METERS_ON,
+    SUM,
+    assert_billed_exactly,
+    usage,
+)
+from tests.integration.harness import headers_of, produce, read_topic, run_meterstream
+from tests.integration.test_connector import World, world_factory  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.integration
+
+WINDOWED = "agg_running_total"
+REFUSED_CUSTOMER = "cus_unknown_to_stripe"
+
+
+def test_sum_last_count_refused_aggregate_and_windowed_meter_in_one_run(
+    world_factory: Callable[..., World],  # noqa: F811
+) -> None:
+    expected = usage(1500, customers=4, hours=1.5)
+    good_customers = {customer for _meter, customer in expected.totals} | {
+        customer for customer, _hour in expected.latest
+    }
+    world = world_factory(
+        partitions=2,
+        auto_meters=False,
+        meters=[*METERS, parse_meter_spec(f"{WINDOWED}:last:::hour")],
+        # Stripe refuses (400) events of customers it does not know: one aggregate.
+        customers=frozenset(good_customers),
+        sync_validation=True,
+    )
+    refused = [
+        (
+            REFUSED_CUSTOMER.encode(),
+            orjson.dumps(
+                {"id": f"ref-{i}", "event_name": SUM, "customer": REFUSED_CUSTOMER, "value": 3}
+            ),
+        )
+        for i in range(25)
+    ]
+    windowed = [
+        (
+            b"cus_agg0",
+            orjson.dumps(
+                {"id": f"win-{i}", "event_name": WINDOWED, "customer": "cus_agg0", "value": i}
+            ),
+        )
+        for i in range(10)
+    ]
+    records = expected.records + refused + windowed
+    assert produce(world.bootstrap, world.topic, records) == len(records)
+
+    aggregation = {**AGGREGATION, "bucket_seconds": 300}
+    config = world.config(aggregation=aggregation, meters=METERS_ON)
+    world.run_until_idle(config)
+
+    assert_billed_exactly(world.emulator, expected)
+    accepted = world.events()["accepted"]
+    # The point of it all: 4 customers x 18 buckets of sum and last, plus 10 % count.
+    assert accepted < len(expected.records) / 3, accepted
+    letters = read_topic(world.bootstrap, world.dead_letter_topic, expect=35)
+    reasons: Counter[str] = Counter()
+    aggregates: set[str] = set()
+    for letter in letters:
+        headers = headers_of(letter)
+        body = orjson.loads(letter.value())
+        reasons[headers["meterstream.reason"]] += 1
+        if body["customer"] == REFUSED_CUSTOMER:
+            assert headers["meterstream.reason"] == "rejected_by_stripe"
+            aggregates.add(headers["meterstream.aggregate_identifier"])
+            assert headers["meterstream.event_identifier"] == body["id"]
+        else:
+            assert body["event_name"] == WINDOWED
+            assert headers["meterstream.reason"] == "windowed_meter"
+            assert "hour" in headers["meterstream.message"]
+    assert reasons == Counter({"rejected_by_stripe": 25, "windowed_meter": 10})
+    # 25 records, no timestamp: they share one minute unless a block boundary cuts them.
+    assert 1 <= len(aggregates) <= 3, aggregates
+    world.assert_all_committed()
+
+    # reconcile works unchanged: the sums are the same either way (whole hours, not recent).
+    end = int(time.time() - 600) // HOUR * HOUR
+    start, stop = (format_rfc3339_ms(t)[:19] + "Z" for t in (end - HOUR, end))
+    result = run_meterstream(
+        *("reconcile", "--config", str(config), "--start", start, "--end", stop),
+        env={"STRIPE_API_KEY": "sk_test_meterstream"},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pairs match" in result.stdout.splitlines()[-1]
