@@ -375,3 +375,41 @@ def _start_all(aggregator: Aggregator, state: PartitionOffsets) -> list[MeterEve
 
 def test_an_empty_block_is_never_made() -> None:
     assert Block(5, 0.0).range() == BlockRange(5, 5)
+
+
+def test_connected_accounts_are_separate_aggregates_with_their_own_formulas() -> None:
+    """The account is part of the key (mapping.stripe_account): one customer's usage in two
+    accounts makes two aggregates, each carrying its account to its batch, and each account's
+    own meters decide the formula (here "api" sums on one account and keeps the last on the
+    other)."""
+    accounts = {"acct_last": MeterCatalog([_meter("api", "last")])}
+    config = AggregationConfig(enabled=True)
+    aggregator = Aggregator(config, CATALOG, MAPPING, clock=Clock(), catalog_of=accounts.get)  # type: ignore[arg-type]
+    state = PartitionOffsets("usage", 0)
+    aggregator.assign(state, None)
+    bucket = NOW - 2 * HOUR - (NOW % 60)
+    feed = [(None, 5, 1), ("acct_last", 7, 20), (None, 2, 30), ("acct_last", 3, 10)]
+    for offset, (account, value, second) in enumerate(feed):
+        record = state.track(None, offset)
+        record.account = account
+        aggregator.track(record)
+        raw = _record(offset, value=value, at=bucket + second)
+        events = MAPPER.map(raw, topic="usage", partition=0, offset=offset,
+                            kafka_timestamp_ms=None)  # fmt: skip
+        record.remaining = len(events)
+        aggregator.add(record, events)
+    aggregator.close_due(lambda _s: True, pressed=False)
+    [(_, block)] = aggregator.startable()
+    started = aggregator.start(state, block)
+    got = {
+        (carrier.account, event["payload"]["value"], event["timestamp"]): sorted(
+            m.offset for m in carrier.members
+        )
+        for event, carrier in started.events
+    }
+    assert got == {
+        (None, "7", format_rfc3339_ms(bucket)): [0, 2],  # the platform's sum meter
+        ("acct_last", "7", format_rfc3339_ms(bucket + 20)): [1, 3],  # the account's last meter
+    }
+    identifiers = {event["identifier"] for event, _carrier in started.events}
+    assert len(identifiers) == 2
