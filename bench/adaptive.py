@@ -33,12 +33,19 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import yaml
 
 PROCESSES = 4
+#: The runs, by name: (adaptive concurrency on, one process killed and restarted midway).
+RUNS = {
+    "adaptive": (True, False),
+    "fixed": (False, False),
+    "adaptive-kill": (True, True),
+    "fixed-kill": (False, True),
+}
 PARTITIONS = 16
 API_KEY = "sk_test_bench_adaptive"
 #: Stats are sampled this often during the measured window.
@@ -58,7 +65,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="measured window per run")
     parser.add_argument("--records", type=int, default=None, help="default: 1.2x what fits")
     parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
+    parser.add_argument(
+        "--runs",
+        default=",".join(RUNS),
+        help="which runs, comma-separated (default: all four, %(default)s)",
+    )
+    parser.add_argument("--log-level", default="WARNING", help="the connectors' logging.level")
+    parser.add_argument("--log-dir", type=Path, default=None, help="keep the connectors' logs")
     args = parser.parse_args(argv)
+    chosen = [name.strip() for name in args.runs.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(RUNS))
+    if unknown:
+        parser.error(f"--runs: unknown {', '.join(unknown)}; choose from {', '.join(RUNS)}")
+    if args.log_dir is not None:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
     rate = args.requests_per_second
     records = args.records or int(1.2 * args.seconds * rate * 100)
 
@@ -78,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
     knobs = ["--latency-ms", str(args.latency_ms), "--requests-per-second", str(rate)]
+    knobs += samples.emulator_meter_args()  # the meter preflight finds them
     with cluster() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-adaptive-") as tmp:
         topic = f"bench-adaptive-{uuid.uuid4().hex[:8]}"
         create_topics(bootstrap, {topic: PARTITIONS, f"{topic}.dlq": 1})
@@ -85,15 +106,15 @@ def main(argv: list[str] | None = None) -> int:
         generated = samples.generate(records, bad_every=0, customers=200)
         produce_all(bootstrap, topic, ((key, value) for key, value, _ in generated))
         with EmulatorProcess(knobs) as emulator, emulator.client() as control:
-            for kill in (False, True):
-                for adaptive in (True, False):
-                    control.reset()  # the start-up knobs (the limit) and no identifiers
-                    run = _run(
-                        bootstrap, topic, emulator.base_url, control, Path(tmp), args, records,
-                        adaptive=adaptive, kill=kill,
-                    )  # fmt: skip
-                    results["runs"].append(run)
-                    _say(_line(run))
+            for name in chosen:
+                adaptive, kill = RUNS[name]
+                control.reset()  # the start-up knobs (the limit) and no identifiers
+                run = _run(
+                    bootstrap, topic, emulator.base_url, control, args.log_dir or Path(tmp),
+                    args, records, adaptive=adaptive, kill=kill,
+                )  # fmt: skip
+                results["runs"].append(run)
+                _say(_line(run))
     _write(args.out, results)
     _say(f"wrote {args.out} (key 'adaptive')")
     return 0
@@ -124,17 +145,19 @@ def _run(
         "stripe": {"api_base": url, "meter_events_base": url},
         "batching": {"adaptive_concurrency": adaptive},
         "metrics": {"enabled": False},
-        "logging": {"level": "WARNING"},
+        "logging": {"level": args.log_level},
     }
     path = tmp / f"{config['kafka']['group_id']}.yaml"  # type: ignore[index]
     path.write_text(yaml.safe_dump(config))
-    log = (tmp / f"{path.stem}.log").open("ab")
+    logs: list[IO[bytes]] = []
     command = [sys.executable, "-m", "connector", "run", "--config", str(path)]
     command += ["--until-idle", str(IDLE_SECONDS)]
     env = {**os.environ, "STRIPE_API_KEY": API_KEY}
 
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        """One more connector process, with its own log (``<group>.<n>.log``)."""
+        logs.append((tmp / f"{path.stem}.{len(logs)}.log").open("ab"))
+        return subprocess.Popen(command, env=env, stdout=logs[-1], stderr=subprocess.STDOUT)
 
     processes = [start() for _ in range(PROCESSES)]
     try:
@@ -144,13 +167,14 @@ def _run(
         for process in processes:
             code = process.wait(max(1.0, deadline - time.monotonic()))
             if code not in (0, -signal.SIGKILL):
-                raise SystemExit(f"a connector exited {code}; log: {log.name}")
+                raise SystemExit(f"a connector exited {code}; logs: {tmp}/{path.stem}.*.log")
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-        log.close()
+        for log in logs:
+            log.close()
     events = control.stats()["events"]
     if events["accepted"] != records:
         raise SystemExit(
