@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 export PATH := $(HOME)/.cache/meterstream/bin:$(PATH)
 
-.PHONY: demo test lint bench bench-adaptive profile reliability soak bootstrap
+.PHONY: demo test lint bench bench-freshness bench-adaptive profile reliability soak bootstrap
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -24,9 +24,14 @@ lint:
 	$(VENV)/mypy
 	$(VENV)/hadolint Dockerfile
 
-## Throughput benchmark (issue 5): writes bench/results/latest.json and a PNG chart.
+## Throughput benchmark (issue 5), then freshness (issue 12): bench/results/latest.json and charts.
 bench: bootstrap
 	$(VENV)/python -m bench.run
+	$(VENV)/python -m bench.freshness
+
+## A steady 5,000 records/s for 60 s: record timestamp -> accepted (key "freshness").
+bench-freshness: bootstrap
+	$(VENV)/python -m bench.freshness
 
 ## Four processes, one account limit: adaptive concurrency on and off (key "adaptive").
 bench-adaptive: bootstrap

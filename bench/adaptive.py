@@ -1,10 +1,12 @@
 """A fleet against one account limit: adaptive request concurrency on and off, in one run.
 
 ``python -m bench.adaptive`` (``make bench-adaptive``) starts a broker and the emulator
-limited to R requests/s for the whole account (``--requests-per-second``, default 200)
-with a round trip of ``--latency-ms`` (default 100), produces a backlog larger than the
-fleet can bill in the measured window, and runs four connector processes in one group
-with no ``rate_limit`` set, four times:
+limited to R requests/s for the whole account (``--requests-per-second``, default 100)
+with a round trip of ``--latency-ms`` (default 200: about 20 requests in flight fill R,
+five per process), produces a backlog larger than the fleet can bill in the measured
+window, measures first what the fleet bills with no limit at all (its capacity on this
+machine: a limit close to it measures the machine, not the adaptation), then runs four
+connector processes in one group with no ``rate_limit`` set, four times:
 
 - adaptive concurrency on, then off (64 in flight per process, as before), undisturbed;
 - the same with one process killed (SIGKILL) and restarted halfway through.
@@ -17,7 +19,7 @@ exactly one event per record. Figures go to ``bench/results/latest.json`` under
 ``"adaptive"``; the rest of that file is kept.
 
 Why a round trip: with none, a single request in flight per process already sends
-hundreds of requests/s on loopback, and no concurrency limit can hold 200/s; a limit
+hundreds of requests/s on loopback, and no concurrency limit can hold 100/s; a limit
 on concurrency works through the round trip (rate = in flight / round trip).
 """
 
@@ -48,6 +50,8 @@ RUNS = {
 }
 PARTITIONS = 16
 API_KEY = "sk_test_bench_adaptive"
+#: The capacity run (no limit) is measured this long.
+CAPACITY_SECONDS = 10.0
 #: Stats are sampled this often during the measured window.
 SAMPLE_EVERY_SECONDS = 0.25
 #: The connectors exit (burst mode) once caught up and idle this long.
@@ -60,8 +64,8 @@ START_TIMEOUT_SECONDS = 60.0
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.adaptive", description=__doc__)
-    parser.add_argument("--requests-per-second", type=float, default=200.0)
-    parser.add_argument("--latency-ms", type=float, default=100.0)
+    parser.add_argument("--requests-per-second", type=float, default=100.0)
+    parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=30.0, help="measured window per run")
     parser.add_argument("--records", type=int, default=None, help="default: 1.2x what fits")
     parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
@@ -95,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "partitions": PARTITIONS,
         "records": records,
         "seconds": args.seconds,
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
         "runs": [],
     }
     knobs = ["--latency-ms", str(args.latency_ms), "--requests-per-second", str(rate)]
@@ -106,6 +111,20 @@ def main(argv: list[str] | None = None) -> int:
         generated = samples.generate(records, bad_every=0, customers=200)
         produce_all(bootstrap, topic, ((key, value) for key, value, _ in generated))
         with EmulatorProcess(knobs) as emulator, emulator.client() as control:
+            # What this fleet bills on this machine with no limit at all: a limit near it
+            # would measure the machine, not the adaptation.
+            control.reset()
+            control.configure(requests_per_second=None)
+            capacity = _run(
+                bootstrap, topic, emulator.base_url, control, args.log_dir or Path(tmp),
+                args, records, adaptive=False, kill=False, seconds=CAPACITY_SECONDS,
+            )  # fmt: skip
+            results["capacity_events_per_second"] = capacity["events_per_second"]
+            results["limit_over_capacity"] = rate * 100 / capacity["events_per_second"]
+            _say(
+                f"capacity (64 in flight each, no limit): {capacity['events_per_second']:,.0f} "
+                f"events/s; the limit is {results['limit_over_capacity']:.0%} of it"
+            )
             for name in chosen:
                 adaptive, kill = RUNS[name]
                 control.reset()  # the start-up knobs (the limit) and no identifiers
@@ -131,6 +150,7 @@ def _run(
     *,
     adaptive: bool,
     kill: bool,
+    seconds: float | None = None,
 ) -> dict[str, Any]:
     rate = args.requests_per_second
     config = {
@@ -161,7 +181,7 @@ def _run(
 
     processes = [start() for _ in range(PROCESSES)]
     try:
-        samples = _measure(control, args.seconds, processes, start, kill=kill)
+        samples = _measure(control, seconds or args.seconds, processes, start, kill=kill)
         control.configure(requests_per_second=None)  # lift the limit: bill the rest
         deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
         for process in processes:
@@ -181,7 +201,7 @@ def _run(
             f"adaptive={adaptive} kill={kill}: the emulator accepted {events['accepted']:,} "
             f"events for {records:,} records: refusing to report a wrong run"
         )
-    figures = _figures(samples, rate, args.seconds, kill=kill)
+    figures = _figures(samples, rate, seconds or args.seconds, kill=kill)
     return {
         "adaptive": adaptive,
         "kill": kill,
