@@ -410,7 +410,7 @@ def test_simulated_fleet_finds_the_account_limit_with_few_429s() -> None:
 
     rate = sum(adaptive.accepted_by_second.values()) / 60
     first_at_90 = min(s for s, n in adaptive.accepted_by_second.items() if n >= 0.9 * 200)
-    assert rate >= 0.85 * 200
+    assert rate >= 0.93 * 200  # about 97 %: start-up and one probe in 8 s per process
     assert first_at_90 <= 10
     assert refused_share(adaptive) <= 0.03
     assert refused_share(fixed) > 10 * refused_share(adaptive)
@@ -424,5 +424,5 @@ def test_simulated_restart_of_one_process_is_absorbed() -> None:
     processes[0].limiter = AdaptiveConcurrency(64, clock=sim.clock)
     sim.run(processes, 60)
     after = sum(n for s, n in sim.accepted_by_second.items() if s >= 30) / 30
-    assert after >= 0.85 * 200
+    assert after >= 0.9 * 200
     assert sim.refused / (sim.accepted + sim.refused) <= 0.03
