@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         args.log_dir.mkdir(parents=True, exist_ok=True)
     rate = args.requests_per_second
     # Keys spread records unevenly over partitions: 2.5x what fits keeps every process's
-    # partitions ahead of it to the end (at 1.2x one process ran dry in the last seconds).
+    # partitions ahead of it to the end (at 1.2x a run's last seconds fell to about 60 %
+    # of the limit, as if some processes had nothing left to send).
     records = args.records or int(2.5 * args.seconds * rate * 100)
 
     from meterstream_local import samples
