@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 export PATH := $(HOME)/.cache/meterstream/bin:$(PATH)
 
-.PHONY: demo test lint bench bench-adaptive profile reliability soak bootstrap
+.PHONY: demo test lint bench bench-freshness bench-adaptive profile reliability soak bootstrap
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -24,11 +24,16 @@ lint:
 	$(VENV)/mypy
 	$(VENV)/hadolint Dockerfile
 
-## Throughput benchmark (issue 5) and aggregation beyond the account's limit (issue 16):
-## writes bench/results/latest.json with a PNG chart, and bench/results/aggregation.json.
+## Throughput (issue 5), freshness (issue 12) and aggregation beyond the account's limit
+## (issue 16): bench/results/latest.json with PNG charts, and bench/results/aggregation.json.
 bench: bootstrap
 	$(VENV)/python -m bench.run
+	$(VENV)/python -m bench.freshness
 	$(VENV)/python -m bench.aggregation
+
+## A steady 5,000 records/s for 60 s: record timestamp -> accepted (key "freshness").
+bench-freshness: bootstrap
+	$(VENV)/python -m bench.freshness
 
 ## Four processes, one account limit: adaptive concurrency on and off (key "adaptive").
 bench-adaptive: bootstrap

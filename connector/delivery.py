@@ -24,7 +24,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from operator import itemgetter
@@ -127,6 +129,10 @@ class Delivery:
         self._limiter = limiter
         #: Hears every attempt's outcome and latency (adaptive concurrency).
         self._concurrency: ConcurrencyLimit = concurrency or FixedConcurrency(1)
+        #: Attempts on the wire now, and those waiting for one of them to finish: the limit
+        #: holds every attempt, retries included (a cut applies to them at once).
+        self._attempts = 0
+        self._room_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._on_accepted: OnAccepted = on_accepted or _unheard
         self._on_dead: OnDead = on_dead or _unheard
         self._sleep = sleep
@@ -216,6 +222,12 @@ class Delivery:
         if isinstance(exc, AuthenticationError):
             delay = max(delay, min(5.0, self._config.backoff_max_seconds))
         if retry_after is not None:
+            if isinstance(exc, BackoffError) and exc.cause == "rate_limited":
+                # Stripe said when: then, plus jitter, however often this batch met a 429.
+                # Backing off further would hold its records (and every resolved record
+                # behind them) until fetching pauses, for no benefit: the gate already
+                # spaces the process's requests (docs/concurrency.md).
+                return float(retry_after) + random.uniform(0, self._config.backoff_initial_seconds)
             delay = max(delay, float(retry_after))
         return delay
 
@@ -232,7 +244,7 @@ class Delivery:
             self.failing_since = now
         self.last_failure = str(exc)
         if isinstance(exc, BackoffError) and exc.cause == "rate_limited" and exc.retry_after:
-            self._limiter.hold(exc.retry_after)
+            self._limiter.hold(self._concurrency.gate_seconds(exc.retry_after))
         # One line per retry; connector.logs lets one per problem through per interval.
         extra = {"request_id": getattr(exc, "request_id", None)}
         if isinstance(exc, AuthenticationError):
@@ -312,7 +324,40 @@ class Delivery:
         self._record_success()
         return live, request_id
 
+    async def _room(self) -> None:
+        """Wait until the concurrency limit has room for one more attempt, then take it.
+
+        The worker starts no more deliveries than the limit, but deliveries started before
+        a cut (retries of a 429 burst above all) would otherwise all go out together when
+        the Retry-After gate opens, above the limit that was just cut."""
+        while self._attempts >= self._concurrency.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._room_waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._pass_room()  # woken and cancelled together: wake the next one
+                raise
+        self._attempts += 1
+
+    def _pass_room(self) -> None:
+        """Wake the longest waiting attempt, if any."""
+        while self._room_waiters:
+            waiter = self._room_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
     async def _post(self, batch: Batch, session: Session) -> str | None:
+        await self._room()
+        try:
+            return await self._post_with_room(batch, session)
+        finally:
+            self._attempts -= 1
+            self._pass_room()
+
+    async def _post_with_room(self, batch: Batch, session: Session) -> str | None:
         started = time.perf_counter()
         sent_at = self._concurrency.started()
         metrics.REQUESTS_IN_FLIGHT.inc()

@@ -98,3 +98,29 @@ def test_quick_aggregation_benchmark_verifies_and_writes_its_figures(
     assert 0 < run["events_per_record"] < 0.2
     assert run["records_per_second"] > 0
     assert figures["ceiling_records_per_second"] > 0
+
+
+def test_freshness_writes_its_figures_beside_the_others(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A steady stream for two seconds: the lag percentiles, the round trip measured in the
+    same run, the target, the histogram and its chart; other keys of the file are kept."""
+    out = tmp_path / "latest.json"
+    out.write_text(json.dumps({"adaptive": {"kept": True}}))
+    done = run_bench(
+        kafka_bootstrap,
+        "bench.freshness",
+        *("--rate", "300", "--seconds", "2", "--lingers", "20", "--out", str(out)),
+    )
+    results = json.loads(out.read_text())
+    assert results["adaptive"] == {"kept": True}
+    (run,) = results["freshness"]["runs"]
+    assert run["linger_ms"] == 20
+    assert run["verified"] is True
+    assert run["records"] >= 500  # 300/s for 2 s, give or take the last tick
+    assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]
+    assert run["round_trip_mean_ms"] > 0
+    assert run["target_p99_ms"] == pytest.approx(20 + 3 * run["round_trip_mean_ms"] + 50)
+    assert run["histogram"][-1] == {"le": "+Inf", "count": run["events_measured"]}
+    assert (tmp_path / "freshness.png").stat().st_size > 10_000
+    assert "record -> accepted p50" in done.stdout

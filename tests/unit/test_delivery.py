@@ -81,6 +81,9 @@ class RecordingLimit:
         self.in_flight -= 1
         self.outcomes.append(outcome)
 
+    def gate_seconds(self, retry_after: float) -> float:
+        return retry_after / 10
+
 
 class Harness:
     def __init__(self, answer: Callable[[list[dict], Session], Exception | None]) -> None:
@@ -308,3 +311,44 @@ def test_every_attempt_reports_its_outcome_to_the_concurrency_limit() -> None:
     assert h.concurrency.outcomes == ["rate_limited", "failed", "failed", "failed", "ok", "ok"]
     assert h.concurrency.in_flight == 0
     assert sorted(h.accepted) == ["id-0", "id-1"]
+
+
+def test_a_batch_refused_again_and_again_waits_retry_after_not_an_ever_longer_backoff() -> None:
+    """Stripe said when: a growing backoff would only hold the batch's records (and the
+    resolved ones behind them) until fetching pauses."""
+    failures = [
+        BackoffError("429", cause="rate_limited", status=429, retry_after=1.0) for _ in range(8)
+    ]
+    h = Harness(lambda _e, _s: failures.pop(0) if failures else None)
+    holds: list[float] = []
+    h.delivery._limiter.hold = holds.append  # type: ignore[method-assign]
+    h.run(_batch(1))
+    assert len(h.sleeps) == 8
+    assert all(1.0 <= s <= 1.0 + 0.1 for s in h.sleeps)  # Retry-After plus at most the jitter
+    # The process's gate is what the concurrency limit asks (here a tenth), not the whole 1 s.
+    assert holds == pytest.approx([0.1] * 8)
+
+
+def test_every_attempt_waits_for_room_under_the_concurrency_limit() -> None:
+    """Deliveries started before a cut (retries above all) must not all go out together."""
+    on_the_wire = {"now": 0, "most": 0}
+
+    class SlowSender:
+        async def send_events(self, events: list[dict], session: Session) -> str | None:
+            on_the_wire["now"] += 1
+            on_the_wire["most"] = max(on_the_wire["most"], on_the_wire["now"])
+            for _ in range(3):
+                await asyncio.sleep(0)
+            on_the_wire["now"] -= 1
+            return "req_ok"
+
+    h = Harness(lambda _e, _s: None)
+    h.delivery._sink = SlowSender()  # type: ignore[assignment]
+
+    async def five_at_once() -> None:
+        await asyncio.gather(*(h.delivery.deliver(_batch(2)) for _ in range(5)))
+
+    asyncio.run(five_at_once())
+    assert on_the_wire["most"] == 1  # RecordingLimit.limit
+    assert len(h.accepted) == 10
+    assert h.delivery._attempts == 0

@@ -40,8 +40,12 @@ CANCEL_WINDOW_SECONDS = 86_400.0
 SESSION_RETENTION_SECONDS = 3_600.0
 #: Prune forgotten sessions once this many exist (keeps session creation O(1) amortised).
 SESSION_PRUNE_THRESHOLD = 1_000
-#: Upper bounds (seconds) of the freshness histogram's cumulative buckets.
-FRESHNESS_BUCKETS_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86_400)
+#: Upper bounds (seconds) of the freshness histogram's cumulative buckets: fine below a
+#: quarter second, where a connector's end-to-end latency (linger + round trips) lies.
+FRESHNESS_BUCKETS_SECONDS = (
+    *(0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2),
+    *(0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86_400),
+)
 #: Compact the dedupe log's columns once this many pruned slots sit at their front.
 LOG_COMPACT_MIN = 65_536
 
