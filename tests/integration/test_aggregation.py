@@ -14,7 +14,9 @@ from collections.abc import Callable
 
 import orjson
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
+from connector.block_range import BlockRange
 from connector.timestamps import format_rfc3339_ms
 from meterstream_local.emulator.meters import parse_meter_spec
 from tests.integration.aggregation_usage import (
@@ -26,7 +28,13 @@ from tests.integration.aggregation_usage import (
     assert_billed_exactly,
     usage,
 )
-from tests.integration.harness import headers_of, produce, read_topic, run_meterstream
+from tests.integration.harness import (
+    headers_of,
+    produce,
+    read_topic,
+    run_meterstream,
+    wait_until,
+)
 from tests.integration.test_connector import World, world_factory  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
@@ -109,3 +117,65 @@ def test_sum_last_count_refused_aggregate_and_windowed_meter_in_one_run(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "pairs match" in result.stdout.splitlines()[-1]
+
+
+def blocks_in_doubt(world: World) -> dict[int, BlockRange]:
+    """The block ranges the group's committed offsets carry in their metadata, by partition."""
+    reader = Consumer(
+        {
+            "bootstrap.servers": world.bootstrap,
+            "group.id": world.group_id,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        wanted = [TopicPartition(world.topic, p) for p in range(world.partitions)]
+        found = reader.committed(wanted, timeout=10)
+    finally:
+        reader.close()
+    ranges = {tp.partition: BlockRange.decode(tp.metadata, tp.offset) for tp in found}
+    return {partition: block for partition, block in ranges.items() if block is not None}
+
+
+def test_a_rebalance_moves_a_partition_mid_block_and_its_new_owner_re_forms_it(
+    world_factory: Callable[..., World],  # noqa: F811
+) -> None:
+    """Stripe is down while the first member has made its blocks durable (their ranges in
+    the commit metadata) but has none of them accepted; a second member joins and takes a
+    partition mid-block. It re-forms that very block from the metadata; once Stripe is back
+    every (meter, customer) and hour is billed exactly, and everything is committed."""
+    world = world_factory(partitions=2, auto_meters=False, meters=METERS, outage=True)
+    expected = usage(1200, customers=8, hours=1.0)
+    assert produce(world.bootstrap, world.topic, expected.records) == len(expected.records)
+    config = world.config(
+        aggregation=AGGREGATION,
+        meters=METERS_ON,
+        logging={"level": "INFO"},
+        kafka={"consumer": {"session.timeout.ms": 3000, "heartbeat.interval.ms": 500}},
+    )
+
+    first = world.connector(config, until_idle=1.5)
+    in_doubt = wait_until(
+        lambda: (found := blocks_in_doubt(world)) and len(found) == world.partitions and found,
+        timeout=60,
+        what="both partitions' first blocks made durable while Stripe is down",
+    )
+    assert world.events()["accepted"] == 0, "Stripe is down: nothing of the blocks was billed"
+    second = world.connector(config, until_idle=1.5)
+    wait_until(
+        lambda: "re-forming the block in doubt" in second.log_path.read_text(errors="replace"),
+        timeout=60,
+        what="the joining member to re-form the block it took over",
+    )
+    log = second.log_path.read_text(errors="replace")
+    assert any(
+        f"{world.topic}-{partition}: re-forming the block in doubt at offsets "
+        f"{block.start}..{block.end - 1}" in log
+        for partition, block in in_doubt.items()
+    ), log[-2000:]
+    world.emulator.configure(outage=False)
+
+    assert first.wait(120) == 0, first.log_tail()
+    assert second.wait(120) == 0, second.log_tail()
+    assert_billed_exactly(world.emulator, expected)
+    world.assert_all_committed()
