@@ -254,7 +254,7 @@ class Mapper:
         kafka_timestamp_ms: int | None,
     ) -> list[MeterEventBody]:
         if type(record) is not dict:  # decode() guarantees it; a caller may not
-            _fail("schema_violation", f"record is {_kind(record)}, not a JSON object")
+            _fail("schema_violation", f"record is {kind_of(record)}, not a JSON object")
         return self._map_fan_out(record, topic, partition, offset, kafka_timestamp_ms)
 
     def account(self, record: dict[str, Any]) -> str | None:
@@ -344,7 +344,7 @@ class Mapper:
             return str(raw)
         return _fail(
             "schema_violation",
-            f"id at '{self._id_dotted}' must be a string or an integer, not {_kind(raw)}: "
+            f"id at '{self._id_dotted}' must be a string or an integer, not {kind_of(raw)}: "
             f"{_show(raw)}",
         )
 
@@ -418,7 +418,7 @@ class Mapper:
                 _fail(
                     "schema_violation",
                     f"dimension at '{dotted}' must be a string, number or boolean, "
-                    f"not {_kind(value)}",
+                    f"not {kind_of(value)}",
                 )
             _check_dimension(key, text, dotted)
             payload[key] = text
@@ -465,7 +465,7 @@ def _compile_single_event(mapper: Mapper) -> MapRecord:
         kafka_timestamp_ms: int | None,
     ) -> list[MeterEventBody]:
         if type(record) is not dict:  # decode() guarantees it; a caller may not
-            _fail("schema_violation", f"record is {_kind(record)}, not a JSON object")
+            _fail("schema_violation", f"record is {kind_of(record)}, not a JSON object")
         if flat:
             get = record.get
             customer = get(customer_field)
@@ -599,7 +599,8 @@ def _text(raw: object, what: str, dotted: str, max_length: int) -> str:
     if raw is None:
         _fail("mapping_error", f"{what} is missing (no value at '{dotted}')")
     return _fail(
-        "schema_violation", f"{what} at '{dotted}' must be a string, not {_kind(raw)}: {_show(raw)}"
+        "schema_violation",
+        f"{what} at '{dotted}' must be a string, not {kind_of(raw)}: {_show(raw)}",
     )
 
 
@@ -616,7 +617,7 @@ def _whole_number(raw: object, dotted: str, allow_negative: bool) -> str:
     else:
         _fail(
             "invalid_value",
-            f"value at '{dotted}' must be a whole number, not {_kind(raw)}: {_show(raw)}",
+            f"value at '{dotted}' must be a whole number, not {kind_of(raw)}: {_show(raw)}",
         )
     if not -_VALUE_LIMIT < number < _VALUE_LIMIT:
         _fail("invalid_value", f"value at '{dotted}' has more than 15 digits: {_show(raw)}")
@@ -672,7 +673,8 @@ def _fail(reason: DeadLetterReason, message: str) -> NoReturn:
     raise RecordError(reason, message)
 
 
-def _kind(value: object) -> str:
+def kind_of(value: object) -> str:
+    """What a decoded value is, as refusal messages say it ("a string", "an object")."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -691,7 +693,7 @@ def _kind(value: object) -> str:
 def _show(value: object) -> str:
     """A bad value, quoted and abbreviated: enough to find it, never a whole payload."""
     if isinstance(value, dict | list):
-        return f"{_kind(value)} of {len(value)} items"
+        return f"{kind_of(value)} of {len(value)} items"
     if isinstance(value, str):
         if len(value) > _SHOWN_CHARACTERS:
             return repr(value[:_SHOWN_CHARACTERS]) + f"... ({len(value)} characters)"

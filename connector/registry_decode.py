@@ -32,6 +32,7 @@ from typing import Any
 
 from connector.config import MeterstreamConfig, RecordFormat, SchemaRegistryConfig
 from connector.errors import RecordError, RegistryUnavailableError
+from connector.mapping import kind_of
 from connector.timestamps import format_rfc3339_ms
 
 #: The first byte of every Confluent wire-format value.
@@ -159,7 +160,7 @@ class RegistryDecoder:
         if type(record) is not dict:
             raise RecordError(
                 "schema_violation",
-                f"record decodes (schema id {schema_id}) to {_kind(record)}, not a record",
+                f"record decodes (schema id {schema_id}) to {kind_of(record)}, not a record",
             )
         return record
 
@@ -399,17 +400,3 @@ _WRAPPERS = frozenset(
     f"google.protobuf.{name}Value"
     for name in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
 )
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return type(value).__name__

@@ -317,9 +317,15 @@ class Worker:
             record.remaining = len(events)
             if self._meters.enabled and not self._meters.take(record, events):
                 continue
-            if self._agg is not None:
-                self._agg.add(record, events)  # sent when its block starts
-                continue
+            self._enqueue(record, events)
+
+    def _enqueue(self, record: PendingRecord, events: list[MeterEventBody]) -> None:
+        """Mapped and checked events wait for sending: in their partition's block when
+        aggregating (sent when it starts), else in their account's batch. ``_ingest`` does
+        the same inline, on the hot path."""
+        if self._agg is not None:
+            self._agg.add(record, events)
+        else:
             self._batcher.add(events, record)
 
     def _refuse(
@@ -353,10 +359,7 @@ class Worker:
     def _refresh_meters(self) -> None:
         """Let the meter gate read the list when due; batch what it releases."""
         for record, events in self._meters.turn():
-            if self._agg is not None:
-                self._agg.add(record, events)
-            else:
-                self._batcher.add(events, record)
+            self._enqueue(record, events)
 
     # -- sending --------------------------------------------------------------------------
 
