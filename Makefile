@@ -24,12 +24,17 @@ lint:
 	$(VENV)/mypy
 	$(VENV)/hadolint Dockerfile
 
-## Throughput (issue 5), freshness (issue 12) and aggregation beyond the account's limit
-## (issue 16): bench/results/latest.json with PNG charts, and bench/results/aggregation.json.
+## Every benchmark: throughput and CPU per event, freshness, four processes at one account
+## limit (adaptive concurrency), aggregation beyond the limit. Figures in
+## bench/results/latest.json (and aggregation.json), all of them in one chart (latest.png),
+## then a table of each target and what was measured (bench.summary).
 bench: bootstrap
 	$(VENV)/python -m bench.run
 	$(VENV)/python -m bench.freshness
+	$(VENV)/python -m bench.adaptive
 	$(VENV)/python -m bench.aggregation
+	$(VENV)/python -m bench.chart
+	$(VENV)/python -m bench.summary
 
 ## A steady 5,000 records/s for 60 s: record timestamp -> accepted (key "freshness").
 bench-freshness: bootstrap

@@ -1,9 +1,18 @@
-"""The benchmark chart: events/s of each mode under each emulator latency (PNG)."""
+"""The benchmark charts (PNG): ``draw`` puts every figure of ``make bench`` in one image
+(``bench/results/latest.png``), ``draw_freshness`` the latency histogram. ``python -m
+bench.chart`` redraws the first from ``bench/results/latest.json``: ``make bench`` does so
+last, once every benchmark has written its part."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
+
+import orjson
+
+#: CPU-seconds per million events the throughput work aims at (docs/performance.md).
+CPU_TARGET = 7.0
 
 MODES = (
     ("ceiling", "ceiling (consume + decode)"),
@@ -14,14 +23,32 @@ MODES = (
 
 
 def draw(results: dict[str, Any], path: Path) -> None:
-    """Grouped bars, one group per latency, log scale (naive and ceiling differ by 100x)."""
+    """Every figure of ``make bench`` in one PNG: events/s per mode and latency (log
+    scale: naive and ceiling differ by 100x), CPU-seconds per million events, and, once
+    their benchmarks have written them, freshness against its target and the adaptive
+    fleet's share of the account limit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    figure, panels = plt.subplots(2, 2, figsize=(12, 8.5), dpi=100)
+    _throughput(panels[0][0], results)
+    _cpu(panels[0][1], results)
+    _freshness_p99(panels[1][0], results.get("freshness"))
+    _adaptive(panels[1][1], results.get("adaptive"))
+    figure.suptitle(
+        f"meterstream benchmark, {results['records']:,} records, {results['partitions']} "
+        f"partitions ({results['machine']}; {results['date']})",
+        fontsize=10,
+    )
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _throughput(axes: Any, results: dict[str, Any]) -> None:
     runs = results["runs"]
-    figure, axes = plt.subplots(figsize=(9, 4.8), dpi=110)
     width = 0.8 / len(MODES)
     for offset, (key, label) in enumerate(MODES):
         values = [row[key]["events_per_second"] for row in runs]
@@ -30,16 +57,74 @@ def draw(results: dict[str, Any], path: Path) -> None:
         axes.bar_label(bars, labels=[f"{v / 1000:,.1f}k" for v in values], fontsize=7)
     axes.set_xticks(range(len(runs)), [f"+{row['latency_ms']:g} ms per request" for row in runs])
     axes.set_yscale("log")
+    axes.set_ylim(top=axes.get_ylim()[1] * 6)  # room for the legend above the bars
     axes.set_ylabel("events (records) per second")
-    axes.set_title(
-        f"meterstream throughput, {results['records']:,} records, {results['partitions']} "
-        f"partitions ({results['machine']}; {results['date']})",
-        fontsize=9,
-    )
-    axes.legend(fontsize=8, loc="upper right")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    axes.set_title("throughput", fontsize=9)
+    axes.legend(fontsize=7, loc="upper center", ncol=2)
+
+
+def _cpu(axes: Any, results: dict[str, Any]) -> None:
+    runs = results["runs"]
+    modes = [(key, label) for key, label in MODES if key != "ceiling"]
+    modes.insert(0, ("ceiling", "ceiling"))
+    width = 0.8 / len(modes)
+    for offset, (key, label) in enumerate(modes):
+        values = [row[key]["cpu_seconds_per_million"] for row in runs]
+        xs = [i + (offset - (len(modes) - 1) / 2) * width for i in range(len(runs))]
+        bars = axes.bar(xs, values, width, label=label)
+        axes.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=7)
+    axes.axhline(CPU_TARGET, color="black", linestyle="--", linewidth=0.8)
+    axes.annotate(f"target {CPU_TARGET:g}", (-0.45, CPU_TARGET), fontsize=7, va="bottom")
+    axes.set_xticks(range(len(runs)), [f"+{row['latency_ms']:g} ms per request" for row in runs])
+    axes.set_ylabel("CPU-seconds per million events")
+    axes.set_title("CPU per event (process tree, start-up included)", fontsize=9)
+    axes.legend(fontsize=7, loc="upper left")
+
+
+def _freshness_p99(axes: Any, freshness: dict[str, Any] | None) -> None:
+    axes.set_title("freshness: record timestamp -> accepted", fontsize=9)
+    if not freshness or not freshness.get("runs"):
+        axes.text(0.5, 0.5, "not measured (python -m bench.freshness)", ha="center")
+        return
+    runs = freshness["runs"]
+    labels = [f"linger {run['linger_ms']} ms" for run in runs]
+    xs = range(len(runs))
+    for offset, (key, label) in enumerate((("p50_ms", "p50"), ("p99_ms", "p99"))):
+        values = [run[key] for run in runs]
+        bars = axes.bar([x + (offset - 0.5) * 0.35 for x in xs], values, 0.35, label=label)
+        axes.bar_label(bars, labels=[f"{v:.0f}" for v in values], fontsize=7)
+    for x, run in zip(xs, runs, strict=True):
+        target = run["target_p99_ms"]
+        axes.hlines(target, x - 0.4, x + 0.4, color="black", linestyle="--", linewidth=0.8)
+        axes.annotate(f"p99 target {target:.0f}", (x - 0.4, target), fontsize=7, va="bottom")
+    axes.set_xticks(list(xs), labels)
+    axes.set_ylabel(f"ms, at {freshness['rate']:,.0f} records/s")
+    axes.legend(fontsize=7, loc="upper right")
+
+
+def _adaptive(axes: Any, adaptive: dict[str, Any] | None) -> None:
+    axes.set_title("one account limit R, four processes (after the first 10 s)", fontsize=9)
+    if not adaptive or not adaptive.get("runs"):
+        axes.text(0.5, 0.5, "not measured (python -m bench.adaptive)", ha="center")
+        return
+    runs = adaptive["runs"]
+    labels = [
+        ("adaptive" if run.get("adaptive") else "fixed 64") + (", kill" if run.get("kill") else "")
+        for run in runs
+    ]
+    xs = range(len(runs))
+    shares = [100 * (run.get("fraction_of_limit_after_10s") or 0.0) for run in runs]
+    refused = [100 * (run.get("refused_share_after_10s") or 0.0) for run in runs]
+    bars = axes.bar([x - 0.18 for x in xs], shares, 0.35, label="accepted, % of R")
+    axes.bar_label(bars, labels=[f"{v:.0f}" for v in shares], fontsize=7)
+    bars = axes.bar([x + 0.18 for x in xs], refused, 0.35, label="requests refused (429), %")
+    axes.bar_label(bars, labels=[f"{v:.1f}" for v in refused], fontsize=7)
+    axes.axhline(90, color="black", linestyle="--", linewidth=0.8)
+    axes.annotate("target 90 % of R", (-0.45, 90), fontsize=7, va="bottom")
+    axes.set_xticks(list(xs), labels, fontsize=8)
+    axes.set_ylim(0, 110)
+    axes.set_ylabel("%")
+    axes.legend(fontsize=7, loc="center right")
 
 
 def draw_freshness(results: dict[str, Any], path: Path) -> None:
@@ -88,3 +173,19 @@ def draw_freshness(results: dict[str, Any], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Redraw ``latest.png`` from ``latest.json`` (or the JSON file named)."""
+    path = Path((argv if argv is not None else sys.argv[1:] or ["bench/results/latest.json"])[0])
+    if not path.exists():
+        print(f"no {path}: run `make bench` first", file=sys.stderr)
+        return 2
+    chart = path.with_suffix(".png")
+    draw(orjson.loads(path.read_bytes()), chart)
+    print(f"wrote {chart}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
