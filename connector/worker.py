@@ -24,6 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import orjson
 from confluent_kafka import KafkaError, TopicPartition
 
 from connector import concurrency, heap, metrics
@@ -229,6 +230,14 @@ class Worker:
     # -- ingest: records to events --------------------------------------------------------
 
     def _ingest(self, messages: list[Any]) -> None:
+        """Track, decode, map, check and batch one poll's records (the hot path).
+
+        One interpreted pass per record, so the common case is written out here rather
+        than called (docs/performance.md): a poll comes in runs of one partition, tracked
+        with that partition's queue at hand; a JSON value that parses to an object is not
+        sent through ``records.decode`` (which explains every other case); an event the
+        platform's meters list already found sendable skips the meter gate.
+        """
         ledger = self._ledger
         mapper = self._mapper.map_record
         account_of = self._mapper.account if self.config.mapping.stripe_account else None
@@ -236,60 +245,87 @@ class Worker:
         max_bytes = self._max_bytes
         checking = self._meters.enabled
         meters_take = self._meters.take
+        # (event name, customer key, value key) of the platform's sendable events: the set
+        # is emptied in place when the list changes. Fan-out events have keys of their own.
+        sendable = self._meters.catalog.sendable if not self.config.mapping.fan_out else None
+        customer_key = self.config.mapping.customer_payload_key
+        value_key = self.config.mapping.value_payload_key
         registry = self._registry
         agg = self._agg
+        loads = orjson.loads
         consumed: dict[str, int] = {}
-        fields: dict[str, Any] | None
+        fields: Any
         state: PartitionOffsets | None = None
-        last: tuple[str, int] | None = None
+        track: Callable[[PendingRecord], None] | None = None
+        topic = ""
+        partition = -1
+        run = 0  # records tracked in the current run of one partition
+        last_msg: Any = None
+        offset = -1
         for msg in messages:
-            err = msg.error()
-            if err is not None:
-                self._on_message_error(err)
+            if msg.error() is not None:
+                self._on_message_error(msg.error())
                 continue
-            topic = msg.topic()
-            partition = msg.partition()
-            if last is None or partition != last[1] or topic != last[0]:  # polls come in runs
+            if msg.partition() != partition or msg.topic() != topic:  # a new run
+                if run and state is not None:
+                    state.last_offset, state.last_message = offset, last_msg
+                    consumed[topic] = consumed.get(topic, 0) + run
+                    run = 0
+                topic, partition = msg.topic(), msg.partition()
                 state = ledger.get(topic, partition)
-                last = (topic, partition)
-            if state is None:  # fetched just before a revocation: the new owner reads it
+                track = state.pending.append if state is not None else None
+            if state is None or track is None:  # fetched before a revocation: not ours
                 continue
             offset = msg.offset()
-            record = state.track(msg, offset)
+            last_msg = msg
+            run += 1
+            record = PendingRecord(msg, state, offset)
+            track(record)
             if agg is not None:
                 agg.track(record)
-            consumed[topic] = consumed.get(topic, 0) + 1
+            value = msg.value()
             try:
-                if registry is None:
-                    fields = decode(msg.value(), max_bytes)
-                else:
-                    fields = registry.decode(record, msg.value())
+                if registry is not None:
+                    fields = registry.decode(record, value)
                     if fields is None:
                         continue  # held until the Schema Registry answers
-                events = mapper(
-                    fields,
-                    topic,
-                    partition,
-                    offset,
-                    msg.timestamp()[1] or None,
-                )
+                elif value and len(value) <= max_bytes:
+                    try:
+                        fields = loads(value)
+                    except orjson.JSONDecodeError:
+                        fields = None
+                    if type(fields) is not dict:
+                        fields = decode(value, max_bytes)  # refuses, and says why
+                else:
+                    fields = decode(value, max_bytes)
+                events = mapper(fields, topic, partition, offset, msg.timestamp()[1] or None)
                 if account_of is not None:
                     record.account = account_of(fields)
             except RecordError as exc:
                 self._refuse(record, exc.reason, exc.message, level=logging.INFO)
                 continue
             record.remaining = len(events)
-            if checking and not meters_take(record, events):
-                continue
+            if checking:
+                event = events[0]
+                if (
+                    sendable is None
+                    or record.account is not None
+                    or len(events) != 1
+                    or (event["event_name"], customer_key, value_key) not in sendable
+                ) and not meters_take(record, events):
+                    continue
             if agg is not None:
                 agg.add(record, events)  # sent when its block starts
                 continue
             batcher_add(events, record)
+        if run and state is not None:
+            state.last_offset, state.last_message = offset, last_msg
+            consumed[topic] = consumed.get(topic, 0) + run
         if consumed:
             # Not a sign that Kafka is up: these may have been fetched before it went away.
             self._last_activity = time.monotonic()
-            for topic, count in consumed.items():
-                metrics.RECORDS_CONSUMED.labels(topic).inc(count)
+            for name, count in consumed.items():
+                metrics.RECORDS_CONSUMED.labels(name).inc(count)
                 self.stats["consumed"] += count
 
     def _release_registry(self) -> None:
@@ -581,7 +617,6 @@ class Worker:
         held = self._ledger.held
         metrics.BUFFERED_RECORDS.set(held)
         partitions = self._ledger.partitions
-        assignment = [TopicPartition(t, p) for t, p in partitions]
         if self._newly_assigned:
             # Newcomers follow the current state; resuming also clears a pause that
             # librdkafka kept from an earlier assignment of the same partition.
@@ -591,15 +626,16 @@ class Worker:
                 (self.consumer.pause if self._paused else self.consumer.resume)(fresh)
         # Records waiting for a failing Schema Registry: pause as for a full buffer.
         blocked = self._registry is not None and self._registry.blocked
-        if not self._paused and (held >= bound or blocked) and assignment:
+        if not self._paused and (held >= bound or blocked) and partitions:
+            assignment = [TopicPartition(t, p) for t, p in partitions]
             self.consumer.pause(assignment)
             self._paused = True
             metrics.PAUSED_PARTITIONS.set(len(assignment))
             # DEBUG: under a backlog this cycles many times a second; the gauge tells.
             log.debug("paused fetching: %d records held until resolved", held)
         elif self._paused and held <= bound * RESUME_FRACTION and not blocked:
-            if assignment:
-                self.consumer.resume(assignment)
+            if partitions:
+                self.consumer.resume([TopicPartition(t, p) for t, p in partitions])
             self._paused = False
             metrics.PAUSED_PARTITIONS.set(0)
             log.debug("resumed fetching")
