@@ -14,6 +14,9 @@ CPU time, so a busy machine inflates it less than wall time.
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
+import subprocess
 import sys
 import time
 from typing import Any
@@ -30,6 +33,10 @@ from connector.worker import Worker
 
 TOPIC = "usage"
 PARTITIONS = 8
+#: Records of one partition in a row: a poll of 1,000 over 8 partitions.
+RUN = 125
+#: valgrind's count of instructions executed, at the end of its report.
+_COLLECTED = re.compile(r"Collected : (\d+)")
 
 
 class _Listener:
@@ -43,18 +50,21 @@ class _Unused:
     """Stands in for parts the ingest step never touches (consumer, sessions, health)."""
 
 
-def _messages(count: int) -> list[Message]:
+def _messages(count: int, run: int = RUN) -> list[Message]:
+    """The benchmark's records over ``PARTITIONS`` partitions, in runs of ``run`` records of
+    one partition, as librdkafka hands out what one fetch brought."""
     from meterstream_local import samples
 
     generated = samples.generate(count, bad_every=0, customers=200)
+    now_ms = int(time.time() * 1000)
     return [
         Message(
             topic=TOPIC,
-            partition=index % PARTITIONS,
-            offset=index // PARTITIONS,
+            partition=(index // run) % PARTITIONS,
+            offset=(index // (run * PARTITIONS)) * run + index % run,
             key=key,
             value=value,
-            timestamp=(1, int(time.time() * 1000)),
+            timestamp=(1, now_ms),
         )
         for index, (key, value, _) in enumerate(generated)
     ]
@@ -129,10 +139,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep CPython's collector settings instead of the worker's (connector.heap)",
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per record under valgrind instead of timing: the same on a "
+        "busy machine and a quiet one (slow: use --records 20000)",
+    )
+    parser.add_argument("--setup-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.instructions:
+        return _count_instructions(args.records, args.poll)
     messages = _messages(args.records)
     if not args.default_gc:
         heap.tune_for_streaming()  # as the worker does before its loop
+    if args.setup_only:
+        return 0
     best: tuple[float, float] | None = None
     for _ in range(args.repeat):
         figures = _round(messages, args.poll)
@@ -143,6 +164,34 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.records:,} records, best of {args.repeat}: {ingest + sent:.2f} us CPU per record "
         f"(ingest {ingest:.2f}, sent batches {sent:.2f})"
+    )
+    return 0
+
+
+def _count_instructions(records: int, poll: int) -> int:
+    """Instructions per record of one round (ingest and sent batches): valgrind's count for
+    a process that runs the round, minus one that only sets it up, over ``records``.
+
+    Timing moves by a third with the neighbours' load on a shared machine; the count of
+    instructions does not, so it judges a change to the hot path by itself."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        print("valgrind not found: apt-get install valgrind", file=sys.stderr)
+        return 2
+
+    def collected(*extra: str) -> int:
+        command = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+        command += [sys.executable, "-m", "bench.hotpath", "--records", str(records)]
+        command += ["--repeat", "1", "--poll", str(poll), *extra]
+        finished = subprocess.run(command, capture_output=True, text=True, check=True)
+        found = _COLLECTED.search(finished.stderr)
+        if found is None:
+            raise SystemExit(f"no instruction count in valgrind's output: {finished.stderr}")
+        return int(found.group(1))
+
+    per_record = (collected() - collected("--setup-only")) / records
+    print(
+        f"{records:,} records: {per_record:,.0f} instructions per record (ingest and sent batches)"
     )
     return 0
 
