@@ -8,6 +8,12 @@ partition is caught up, or when fetching is paused on held records. A closed blo
 range has been committed as the partition's commit metadata (``connector.block_range``).
 A block re-formed from that metadata ends exactly where the first one did.
 
+At most two blocks per partition are held (one started, the next filling or closed): a
+partition whose second block closes is **at its bound**. Records fetched for it past that
+point are not taken (``holds_off``); the worker pauses the partition and, once the first
+block is resolved, seeks it back to the first record not taken and resumes it
+(``released``). Memory is bounded by ``2 x max_records`` per partition, never the backlog.
+
 Within a block, events of **sum** and **last** meters are grouped by the aggregation key
 (connected account, event name, customer and dimensions, timestamp bucket):
 
@@ -175,6 +181,9 @@ class Aggregator:
         self._partitions: dict[Key, _Partition] = {}
         #: The first 16 characters of a wire timestamp (to the minute) -> its bucket start.
         self._bucket_cache: dict[str, str] = {}
+        #: Partitions at their bound (two blocks, the newer closed) -> the first offset
+        #: fetched and not taken since (to be read again), or None.
+        self._held_off: dict[PartitionOffsets, int | None] = {}
 
     # -- assignment -------------------------------------------------------------------------
 
@@ -190,6 +199,41 @@ class Aggregator:
         entry = self._partitions.get((state.topic, state.partition))
         if entry is not None and entry.state is state:
             del self._partitions[(state.topic, state.partition)]
+        self._held_off.pop(state, None)
+
+    # -- the bound: two blocks per partition ------------------------------------------------
+
+    def holds_off(self, state: PartitionOffsets, offset: int) -> bool:
+        """Whether a fetched record must not be taken: its partition is at its bound.
+
+        Called for every record before it is tracked; the worker re-reads it later."""
+        held_off = self._held_off
+        if not held_off or state not in held_off:
+            return False
+        first = held_off[state]
+        if first is None or offset < first:
+            held_off[state] = offset
+        return True
+
+    def at_bound(self) -> list[PartitionOffsets]:
+        """The partitions to keep paused: their two blocks are in memory."""
+        return list(self._held_off)
+
+    def released(self) -> list[tuple[PartitionOffsets, int | None]]:
+        """Partitions no longer at their bound (call after ``settle``), each with the first
+        offset it must be read from again (None: nothing was left unread)."""
+        done = [
+            (state, first)
+            for state, first in self._held_off.items()
+            if not _at_bound(self._partitions[(state.topic, state.partition)].blocks)
+        ]
+        for state, _first in done:
+            del self._held_off[state]
+        return done
+
+    def _check_bound(self, entry: _Partition) -> None:
+        if _at_bound(entry.blocks):
+            self._held_off.setdefault(entry.state, None)
 
     # -- records in -------------------------------------------------------------------------
 
@@ -213,8 +257,10 @@ class Aggregator:
         if block.end is None:
             if len(block.records) >= self._max_records:
                 block.closed = True
+                self._check_bound(entry)
         elif offset >= block.end - 1:
             block.closed = True
+            self._check_bound(entry)
 
     def add(self, record: PendingRecord, events: list[MeterEventBody]) -> None:
         """File the record's events in its block: aggregatable ones in their group, the
@@ -298,6 +344,7 @@ class Aggregator:
             timely = block.end is None and (pressed or now - block.opened_at >= self._max_seconds)
             if timely or caught_up(entry.state):
                 block.closed = True
+                self._check_bound(entry)
 
     def settle(self) -> None:
         """Drop started blocks whose every record is resolved (the cap moves on)."""
@@ -415,6 +462,11 @@ class Aggregator:
         """The partition's blocks, oldest first (for tests and diagnostics)."""
         entry = self._partitions.get((state.topic, state.partition))
         return tuple(entry.blocks) if entry is not None else ()
+
+
+def _at_bound(blocks: deque[Block]) -> bool:
+    """Two blocks in memory and the newer one closed: a third would have to open."""
+    return len(blocks) >= 2 and blocks[-1].closed
 
 
 def _resolved(state: PartitionOffsets, block: Block) -> bool:

@@ -127,6 +127,8 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._lag = LagGauges(consumer, config.kafka.topics)
         self._paused = False
+        #: Partitions paused at their aggregation bound (two blocks held), by (topic, partition).
+        self._bounded: set[tuple[str, int]] = set()
         #: Partitions assigned since the last backpressure check: paused or resumed there.
         self._newly_assigned: list[TopicPartition] = []
         self._stopping = False
@@ -255,6 +257,8 @@ class Worker:
             if state is None:  # fetched just before a revocation: the new owner reads it
                 continue
             offset = msg.offset()
+            if agg is not None and agg.holds_off(state, offset):
+                continue  # its partition holds two blocks: read again once one is done
             record = state.track(msg, offset)
             if agg is not None:
                 agg.track(record)
@@ -529,6 +533,27 @@ class Worker:
                     self._start_block(agg, state, block)
         if commit_due:
             self._lag.update(self._ledger.partitions.values(), loop)
+        self._bound_partitions(agg)
+
+    def _bound_partitions(self, agg: Aggregator) -> None:
+        """At most two blocks per partition: pause the partitions at their bound; once
+        their first block is done, read them again from the first record not taken."""
+        bounded = self._bounded
+        reached = [
+            TopicPartition(state.topic, state.partition)
+            for state in agg.at_bound()
+            if (state.topic, state.partition) not in bounded
+        ]
+        if reached:
+            self.consumer.pause(reached)
+            bounded.update((tp.topic, tp.partition) for tp in reached)
+        agg.settle()
+        for state, first in agg.released():
+            bounded.discard((state.topic, state.partition))
+            if first is not None:
+                self.consumer.seek(TopicPartition(state.topic, state.partition, first))
+            if not self._paused:  # else the end of the global pause resumes it
+                self.consumer.resume([TopicPartition(state.topic, state.partition)])
 
     async def _commit_durably(
         self,
@@ -598,8 +623,10 @@ class Worker:
             # DEBUG: under a backlog this cycles many times a second; the gauge tells.
             log.debug("paused fetching: %d records held until resolved", held)
         elif self._paused and held <= bound * RESUME_FRACTION and not blocked:
-            if assignment:
-                self.consumer.resume(assignment)
+            # Not the partitions paused at their aggregation bound: their blocks decide.
+            unbounded = [tp for tp in assignment if (tp.topic, tp.partition) not in self._bounded]
+            if unbounded:
+                self.consumer.resume(unbounded)
             self._paused = False
             metrics.PAUSED_PARTITIONS.set(0)
             log.debug("resumed fetching")
@@ -712,6 +739,7 @@ class Worker:
             abandoned = self._ledger.close(state)
             if self._agg is not None:
                 self._agg.forget(state)
+                self._bounded.discard((state.topic, state.partition))
             if abandoned:
                 log.warning(
                     "handing over %s-%d with %d unresolved records (left uncommitted; "
