@@ -399,13 +399,13 @@ class Worker:
         if self._agg is None:  # the hot path: one call for the batch
             self._ledger.finish_each(batch.records)
         else:
-            finish = self._ledger.finish
+            answered: list[PendingRecord] = []
             for record in batch.records:
                 if isinstance(record, AggregateRecord):  # its answer answers every member
-                    for member in record.members:
-                        finish(member)
+                    answered += record.members
                 else:
-                    finish(record)
+                    answered.append(record)
+            self._ledger.finish_each(answered)
         metrics.EVENTS_SENT.inc(len(batch))
         metrics.BATCHES.labels("ok").inc()
         self.stats["events_sent"] += len(batch)
