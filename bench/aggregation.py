@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                 # From the first accepted request to the last; a run so small that one
                 # request carried every event has no such span: its wall time stands in.
                 rate = args.records / (span if span > 0 else run["seconds"])
+                # What the account's limit alone allows for the events these buckets make.
+                bound = args.records * ACCOUNT_EVENTS_PER_SECOND / events
                 row = {
                     "bucket_seconds": bucket,
                     "verified": True,
@@ -137,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                     "records_per_second": rate,
                     "over_account_limit": rate / ACCOUNT_EVENTS_PER_SECOND,
                     "over_ceiling": rate / ceiling["events_per_second"],
+                    "account_bound_records_per_second": bound,
+                    "account_bound_over_ceiling": bound / ceiling["events_per_second"],
+                    "peak_rss_mb": run["peak_rss_mb"],
+                    # The machine may be shared: its load says how far to trust the figure.
+                    "load_average_1m": os.getloadavg()[0],
                     "requests_200": stats["requests"]["by_status"].get("200", 0),
                     "requests_429": stats["requests"]["by_status"].get("429", 0),
                 }
@@ -145,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"[{bucket} s buckets] {rate:,.0f} records/s "
                     f"({row['over_account_limit']:.1f}x the account's event limit, "
                     f"{row['over_ceiling']:.2f}x the ceiling), "
-                    f"{100 * row['events_per_record']:.2f} % events per record, totals exact"
+                    f"{100 * row['events_per_record']:.2f} % events per record, totals exact; "
+                    f"the account's limit allows {bound:,.0f} records/s for these events "
+                    f"({row['account_bound_over_ceiling']:.2f}x the ceiling); "
+                    f"peak RSS {run['peak_rss_mb']:,.0f} MB"
                 )
         if not args.no_kills:
             killed = f"{topic}-kills"
@@ -164,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                     figures_checked=len(expected),
                     events=stats["events"]["accepted"],
                     duplicates_absorbed=stats["events"]["duplicates"],
+                    load_average_1m=os.getloadavg()[0],
                 )
                 figures["sigkill_run"] = kills
                 _say(
@@ -276,12 +287,22 @@ def _run(
         command = [sys.executable, "-m", "connector", "run", "--config", str(path)]
         command += ["--until-idle", str(IDLE_SECONDS), "--workers", str(args.workers)]
         started = time.monotonic()
-        done = subprocess.run(
-            command, env={**os.environ, "STRIPE_API_KEY": API_KEY}, check=False, timeout=1800
-        )
-        if done.returncode != 0:
-            raise SystemExit(f"meterstream exited {done.returncode}")
-    return {"seconds": time.monotonic() - started}
+        process = subprocess.Popen(command, env={**os.environ, "STRIPE_API_KEY": API_KEY})
+        # Reaped with wait4: the connector's own peak memory, not the bench's other children.
+        deadline = started + 1800
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                process.kill()
+                raise SystemExit("meterstream did not finish within 30 minutes")
+            time.sleep(0.1)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            raise SystemExit(f"meterstream exited {process.returncode}")
+    # ru_maxrss is in kilobytes on Linux.
+    return {"seconds": time.monotonic() - started, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
 def _killed_run(
