@@ -552,6 +552,13 @@ class Worker:
             bounded.discard((state.topic, state.partition))
             if first is not None:
                 self.consumer.seek(TopicPartition(state.topic, state.partition, first))
+            # DEBUG: under a backlog this happens once per block.
+            log.debug(
+                "%s-%d: a block is done, fetching again from %s",
+                state.topic,
+                state.partition,
+                "where it stopped" if first is None else f"offset {first}",
+            )
             if not self._paused:  # else the end of the global pause resumes it
                 self.consumer.resume([TopicPartition(state.topic, state.partition)])
 

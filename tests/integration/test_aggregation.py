@@ -202,6 +202,7 @@ def test_a_partition_holds_at_most_two_blocks_while_stripe_is_down_and_loses_not
         aggregation={**AGGREGATION, "max_records": max_records, "max_seconds": 60},
         meters=METERS_ON,
         metrics={"enabled": True, "host": "127.0.0.1", "port": port},
+        logging={"level": "DEBUG"},
     )
     consumed = f'meterstream_records_consumed_total{{topic="{world.topic}"}}'
 
@@ -229,3 +230,6 @@ def test_a_partition_holds_at_most_two_blocks_while_stripe_is_down_and_loses_not
     assert connector.wait(120) == 0, connector.log_tail()
     assert_billed_exactly(world.emulator, expected)
     world.assert_all_committed()
+    # A fetch brought records past the bound: they were read again from where it stopped.
+    log = connector.log_path.read_text(errors="replace")
+    assert f"{world.topic}-0: a block is done, fetching again from offset {bound}" in log
