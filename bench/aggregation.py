@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ ACCOUNT_REQUESTS_PER_SECOND = 10
 ACCOUNT_EVENTS_PER_SECOND = 1000
 #: The share of the account's limit the connector is configured to use (rate_limit).
 BUDGET_SHARE = 0.95
+#: A partition holds at most two blocks of ``aggregation.max_records`` (its default here);
+#: room for both on every partition, so that the global bound never stops consumption.
+MAX_RECORDS = 50_000
 #: The share of records for the last meter (reported by 10 % of customers) and the count one.
 LAST_SHARE, COUNT_SHARE = 0.04, 0.005
 
@@ -62,10 +66,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--buckets", default="60,300", help="aggregation.bucket_seconds values")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--max-buffered",
+        type=int,
+        help="batching.max_buffered_records (default: two blocks of every partition)",
+    )
+    parser.add_argument(
+        "--max-records", type=int, default=MAX_RECORDS, help="aggregation.max_records"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/aggregation.json"))
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     parser.add_argument("--no-kills", action="store_true", help="skip the SIGKILL run")
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="only the CPU per record of the aggregation path, in-process (no Kafka, no HTTP)",
+    )
+    parser.add_argument("--profile", type=Path, help="with --cpu: write cProfile stats here")
     args = parser.parse_args(argv)
+    if args.cpu:
+        return _cpu(args)
     if args.quick:
         args.records = min(args.records, 20_000)
         args.customers = min(args.customers, 40)
@@ -107,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                 # From the first accepted request to the last; a run so small that one
                 # request carried every event has no such span: its wall time stands in.
                 rate = args.records / (span if span > 0 else run["seconds"])
+                # What the account's limit alone allows for the events these buckets make.
+                bound = args.records * ACCOUNT_EVENTS_PER_SECOND / events
                 row = {
                     "bucket_seconds": bucket,
                     "verified": True,
@@ -117,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                     "records_per_second": rate,
                     "over_account_limit": rate / ACCOUNT_EVENTS_PER_SECOND,
                     "over_ceiling": rate / ceiling["events_per_second"],
+                    "account_bound_records_per_second": bound,
+                    "account_bound_over_ceiling": bound / ceiling["events_per_second"],
+                    "peak_rss_mb": run["peak_rss_mb"],
+                    # The machine may be shared: its load says how far to trust the figure.
+                    "load_average_1m": os.getloadavg()[0],
                     "requests_200": stats["requests"]["by_status"].get("200", 0),
                     "requests_429": stats["requests"]["by_status"].get("429", 0),
                 }
@@ -125,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"[{bucket} s buckets] {rate:,.0f} records/s "
                     f"({row['over_account_limit']:.1f}x the account's event limit, "
                     f"{row['over_ceiling']:.2f}x the ceiling), "
-                    f"{100 * row['events_per_record']:.2f} % events per record, totals exact"
+                    f"{100 * row['events_per_record']:.2f} % events per record, totals exact; "
+                    f"the account's limit allows {bound:,.0f} records/s for these events "
+                    f"({row['account_bound_over_ceiling']:.2f}x the ceiling); "
+                    f"peak RSS {run['peak_rss_mb']:,.0f} MB"
                 )
         if not args.no_kills:
             killed = f"{topic}-kills"
@@ -144,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                     figures_checked=len(expected),
                     events=stats["events"]["accepted"],
                     duplicates_absorbed=stats["events"]["duplicates"],
+                    load_average_1m=os.getloadavg()[0],
                 )
                 figures["sigkill_run"] = kills
                 _say(
@@ -211,7 +242,9 @@ def _usage(
     return records, expected
 
 
-def _config(bootstrap: str, topic: str, url: str, bucket: int, group: str) -> dict[str, Any]:
+def _config(
+    bootstrap: str, topic: str, url: str, bucket: int, group: str, args: argparse.Namespace
+) -> dict[str, Any]:
     return {
         "kafka": {
             "bootstrap_servers": bootstrap,
@@ -222,7 +255,11 @@ def _config(bootstrap: str, topic: str, url: str, bucket: int, group: str) -> di
             "dead_letter_topic": f"{topic}.dlq",
         },
         "stripe": {"api_base": url, "meter_events_base": url},
-        "aggregation": {"enabled": True, "bucket_seconds": bucket},
+        "aggregation": {
+            "enabled": True,
+            "bucket_seconds": bucket,
+            "max_records": args.max_records,
+        },
         "rate_limit": {
             # A little under the account's limit, as an operator would set it: the token
             # bucket's one-second burst against Stripe's per-second count otherwise meets
@@ -230,8 +267,11 @@ def _config(bootstrap: str, topic: str, url: str, bucket: int, group: str) -> di
             "account_requests_per_second": ACCOUNT_REQUESTS_PER_SECOND * BUDGET_SHARE,
             "account_events_per_second": ACCOUNT_EVENTS_PER_SECOND * BUDGET_SHARE,
         },
-        # Room for a block of every partition while the previous one is sent.
-        "batching": {"max_buffered_records": 200_000},
+        # Room for both blocks of every partition (one sent while the next fills): with
+        # less, the global pause stops consumption while blocks are sent.
+        "batching": {
+            "max_buffered_records": args.max_buffered or 2 * args.partitions * args.max_records
+        },
         "metrics": {"enabled": True, "host": "127.0.0.1", "port": _free_port()},
         "logging": {"level": "WARNING"},
     }
@@ -240,19 +280,29 @@ def _config(bootstrap: str, topic: str, url: str, bucket: int, group: str) -> di
 def _run(
     bootstrap: str, topic: str, url: str, bucket: int, args: argparse.Namespace
 ) -> dict[str, Any]:
-    config = _config(bootstrap, topic, url, bucket, f"bench-agg-{uuid.uuid4().hex[:8]}")
+    config = _config(bootstrap, topic, url, bucket, f"bench-agg-{uuid.uuid4().hex[:8]}", args)
     with tempfile.TemporaryDirectory(prefix="bench-agg-") as scratch:
         path = Path(scratch) / "meterstream.yaml"
         path.write_text(yaml.safe_dump(config))
         command = [sys.executable, "-m", "connector", "run", "--config", str(path)]
         command += ["--until-idle", str(IDLE_SECONDS), "--workers", str(args.workers)]
         started = time.monotonic()
-        done = subprocess.run(
-            command, env={**os.environ, "STRIPE_API_KEY": API_KEY}, check=False, timeout=1800
-        )
-        if done.returncode != 0:
-            raise SystemExit(f"meterstream exited {done.returncode}")
-    return {"seconds": time.monotonic() - started}
+        process = subprocess.Popen(command, env={**os.environ, "STRIPE_API_KEY": API_KEY})
+        # Reaped with wait4: the connector's own peak memory, not the bench's other children.
+        deadline = started + 1800
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                process.kill()
+                raise SystemExit("meterstream did not finish within 30 minutes")
+            time.sleep(0.1)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            raise SystemExit(f"meterstream exited {process.returncode}")
+    # ru_maxrss is in kilobytes on Linux.
+    return {"seconds": time.monotonic() - started, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
 def _killed_run(
@@ -267,7 +317,7 @@ def _killed_run(
 
     cut = len(records) * 5 // 6
     produce_all(bootstrap, topic, records[:cut])
-    config = _config(bootstrap, topic, url, 60, f"bench-agg-kills-{uuid.uuid4().hex[:8]}")
+    config = _config(bootstrap, topic, url, 60, f"bench-agg-kills-{uuid.uuid4().hex[:8]}", args)
     config["logging"] = {"level": "INFO"}  # "re-forming the block in doubt" is INFO
     config["metrics"] = {"enabled": False}  # several members on one machine
     expected_events = 0.04 * len(records)  # about what 60 s buckets make of this usage
@@ -357,6 +407,152 @@ def _verify(url: str, expected: dict[Key, int]) -> list[tuple[Key, int, int]]:
         if expected.get(key, 0) != billed.get(key, 0):
             wrong.append((key, expected.get(key, 0), billed.get(key, 0)))
     return wrong
+
+
+def _cpu(args: argparse.Namespace) -> int:
+    """CPU per record of ``Worker._ingest`` with aggregation on, of starting the blocks
+    (folding, aggregate events) and of answering their batches: the best of three rounds
+    over this benchmark's records (``--records``, default here 200,000), each partition's
+    records in blocks of ``max_records``, as a busy process would see them."""
+    import cProfile
+
+    from confluent_kafka import Message
+
+    from connector import heap
+
+    count = args.records if args.records != 600_000 else 200_000
+    records, _expected = _usage(count, args.customers, args.minutes * 60 * count / 600_000)
+    partitions = args.partitions
+    messages = [
+        Message(
+            topic="usage",
+            partition=partition,
+            offset=offset,
+            key=key,
+            value=value,
+            timestamp=(1, int(time.time() * 1000)),
+        )
+        for offset, partition, key, value in _partitioned(records, partitions)
+    ]
+    heap.tune_for_streaming()
+    profiler = cProfile.Profile() if args.profile else None
+    # Alternately, so that both see the same neighbours on a shared machine.
+    best: dict[bool, tuple[float, float, float]] = {}
+    for _round in range(3):
+        for aggregate in (False, True):
+            figures = _cpu_round(messages, partitions, aggregate, profiler if aggregate else None)
+            if aggregate not in best or sum(figures) < sum(best[aggregate]):
+                best[aggregate] = figures
+    plain = 1e6 * sum(best[False]) / count
+    ingest, start, answer = (1e6 * seconds / count for seconds in best[True])
+    _say(
+        f"{count:,} records, best of 3: {ingest + start + answer:.2f} us CPU per record "
+        f"aggregated (ingest {ingest:.2f}, start blocks {start:.2f}, answers {answer:.2f}); "
+        f"{plain:.2f} us one event per record"
+    )
+    if profiler is not None:
+        profiler.dump_stats(str(args.profile))
+        _say(f"wrote {args.profile} (cProfile stats of all rounds)")
+    return 0
+
+
+def _partitioned(
+    records: list[tuple[bytes, bytes]], partitions: int
+) -> list[tuple[int, int, bytes, bytes]]:
+    """(offset, partition, key, value) as a keyed producer would write them: one customer's
+    records in one partition, in produce order."""
+    next_offset = [0] * partitions
+    placed: list[tuple[int, int, bytes, bytes]] = []
+    for key, value in records:
+        partition = zlib.crc32(key) % partitions
+        placed.append((next_offset[partition], partition, key, value))
+        next_offset[partition] += 1
+    return placed
+
+
+def _cpu_round(
+    messages: list[Any], partitions: int, aggregate: bool, profiler: Any
+) -> tuple[float, float, float]:
+    """CPU seconds of (ingest, starting blocks, answering the batches) for one pass."""
+    from connector.concurrency import FixedConcurrency
+    from connector.config import MeterstreamConfig
+    from connector.health import HealthState
+    from connector.meters import Meter, MeterCatalog
+    from connector.worker import Worker
+
+    class Stand:
+        """Stands in for Kafka, Stripe and the DLQ: nothing here reaches them."""
+
+        def listen(self, **_callbacks: Any) -> None:
+            """No request is ever sent."""
+
+    config = MeterstreamConfig.model_validate(
+        {
+            "kafka": {"topics": ["usage"], "dead_letter_topic": "usage.dlq"},
+            "stripe": {"api_key": API_KEY},
+            "metrics": {"enabled": False},
+            "aggregation": {"enabled": aggregate, "bucket_seconds": 60},
+            "batching": {"max_buffered_records": 10_000_000},
+        }
+    )
+    catalog = MeterCatalog(
+        Meter(
+            id=f"mtr_{name}",
+            event_name=name,
+            status="active",
+            formula=formula,  # type: ignore[arg-type]
+            customer_payload_key="stripe_customer_id",
+            value_payload_key="value",
+        )
+        for name, formula in ((SUM, "sum"), (LAST, "last"), (COUNT, "count"))
+    )
+    stand: Any = Stand()
+    worker = Worker(
+        config,
+        health=HealthState(max_heartbeat_age=60),
+        consumer=stand,
+        delivery=stand,
+        limit=FixedConcurrency(64),
+        sessions=stand,
+        dlq=stand,
+        catalog=catalog,
+    )
+    agg = worker._agg
+    worker._ledger.assign(("usage", p) for p in range(partitions))
+    for p in range(partitions):
+        state = worker._ledger.get("usage", p)
+        assert state is not None
+        if agg is not None:
+            agg.assign(state, None)
+    ingest = start = answer = 0.0
+    poll = 1000
+    for first in range(0, len(messages), poll):
+        last_poll = first + poll >= len(messages)
+        if profiler is not None:
+            profiler.enable()
+        began = time.process_time()
+        worker._ingest(messages[first : first + poll])
+        middle = time.process_time()
+        if agg is not None:
+            agg.close_due(lambda _state, done=last_poll: done, pressed=False)
+            for state, block in agg.startable():
+                worker._start_block(agg, state, block)
+        batches = worker._batcher.due(force=True)
+        folded = time.process_time()
+        for batch in batches:
+            worker._accepted(batch, None)
+        if agg is not None:
+            agg.settle()
+        worker._ledger.positions()
+        done = time.process_time()
+        if profiler is not None:
+            profiler.disable()
+        ingest += middle - began
+        start += folded - middle
+        answer += done - folded
+    if worker._ledger.held:
+        raise SystemExit("records left unresolved: the measurement is wrong")
+    return ingest, start, answer
 
 
 def _say(text: str) -> None:

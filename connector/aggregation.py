@@ -8,6 +8,12 @@ partition is caught up, or when fetching is paused on held records. A closed blo
 range has been committed as the partition's commit metadata (``connector.block_range``).
 A block re-formed from that metadata ends exactly where the first one did.
 
+At most two blocks per partition are held (one started, the next filling or closed): a
+partition whose second block closes is **at its bound**. Records fetched for it past that
+point are not taken (``holds_off``); the worker pauses the partition and, once the first
+block is resolved, seeks it back to the first record not taken and resumes it
+(``released``). Memory is bounded by ``2 x max_records`` per partition, never the backlog.
+
 Within a block, events of **sum** and **last** meters are grouped by the aggregation key
 (connected account, event name, customer and dimensions, timestamp bucket):
 
@@ -30,6 +36,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from operator import itemgetter
 from typing import Final, NamedTuple
 
 import orjson
@@ -93,6 +100,7 @@ class Block:
     __slots__ = (
         "closed",
         "direct",
+        "duplicates",
         "end",
         "groups",
         "last",
@@ -111,12 +119,15 @@ class Block:
         self.end = end
         self.last = start - 1
         self.opened_at = opened_at
-        self.records: list[PendingRecord] = []
+        #: How many records joined (a count: the records themselves are in the groups).
+        self.records = 0
         self.groups: dict[AggregateKey, list[Contribution]] = {}
         #: Events sent one per record (count meters...), sent when the block starts.
         self.direct: list[tuple[MeterEventBody, PendingRecord]] = []
         #: Identifier -> the offset that counts for it (the first seen).
         self.seen: dict[str, int] = {}
+        #: Events whose identifier was seen earlier in the block (summed once).
+        self.duplicates = 0
         #: The highest offset added; a lower one later means records came out of order
         #: (held by the meter checks), and the fold re-decides what counts, by offset.
         self.latest_added = -1
@@ -175,6 +186,17 @@ class Aggregator:
         self._partitions: dict[Key, _Partition] = {}
         #: The first 16 characters of a wire timestamp (to the minute) -> its bucket start.
         self._bucket_cache: dict[str, str] = {}
+        #: Partitions at their bound (two blocks, the newer closed) -> the first offset
+        #: fetched and not taken since (to be read again), or None.
+        self._held_off: dict[PartitionOffsets, int | None] = {}
+        #: The last record tracked and its block: ``add`` follows ``track`` for the same
+        #: record on the hot path, and polls come in runs of one partition.
+        self._tracked: PendingRecord | None = None
+        self._tracked_block: Block | None = None
+        self._last_state: PartitionOffsets | None = None
+        self._last_entry: _Partition | None = None
+        #: Buckets are whole minutes: a wire timestamp's minute decides its bucket.
+        self._minute_buckets = self._bucket % 60 == 0
 
     # -- assignment -------------------------------------------------------------------------
 
@@ -190,13 +212,55 @@ class Aggregator:
         entry = self._partitions.get((state.topic, state.partition))
         if entry is not None and entry.state is state:
             del self._partitions[(state.topic, state.partition)]
+        self._held_off.pop(state, None)
+        self._last_state = self._last_entry = None
+        self._tracked = self._tracked_block = None
+
+    # -- the bound: two blocks per partition ------------------------------------------------
+
+    def holds_off(self, state: PartitionOffsets, offset: int) -> bool:
+        """Whether a fetched record must not be taken: its partition is at its bound.
+
+        Called for every record before it is tracked; the worker re-reads it later."""
+        held_off = self._held_off
+        if not held_off or state not in held_off:
+            return False
+        first = held_off[state]
+        if first is None or offset < first:
+            held_off[state] = offset
+        return True
+
+    def at_bound(self) -> list[PartitionOffsets]:
+        """The partitions to keep paused: their two blocks are in memory."""
+        return list(self._held_off)
+
+    def released(self) -> list[tuple[PartitionOffsets, int | None]]:
+        """Partitions no longer at their bound (call after ``settle``), each with the first
+        offset it must be read from again (None: nothing was left unread)."""
+        done = [
+            (state, first)
+            for state, first in self._held_off.items()
+            if not _at_bound(self._partitions[(state.topic, state.partition)].blocks)
+        ]
+        for state, _first in done:
+            del self._held_off[state]
+        return done
+
+    def _check_bound(self, entry: _Partition) -> None:
+        if _at_bound(entry.blocks):
+            self._held_off.setdefault(entry.state, None)
 
     # -- records in -------------------------------------------------------------------------
 
     def track(self, record: PendingRecord) -> None:
         """A consumed record joins its partition's open block (opening one if needed)."""
         state = record.partition
-        entry = self._partitions[(state.topic, state.partition)]
+        if state is self._last_state:
+            entry = self._last_entry
+            assert entry is not None
+        else:
+            entry = self._last_entry = self._partitions[(state.topic, state.partition)]
+            self._last_state = state
         blocks = entry.blocks
         offset = record.offset
         block = blocks[-1] if blocks and not blocks[-1].closed else None
@@ -208,18 +272,26 @@ class Aggregator:
             if not blocks:
                 state.cap = offset
             blocks.append(block)
-        block.records.append(record)
+        block.records += 1
         block.last = offset
+        self._tracked = record
+        self._tracked_block = block
         if block.end is None:
-            if len(block.records) >= self._max_records:
+            if block.records >= self._max_records:
                 block.closed = True
+                self._check_bound(entry)
         elif offset >= block.end - 1:
             block.closed = True
+            self._check_bound(entry)
 
     def add(self, record: PendingRecord, events: list[MeterEventBody]) -> None:
         """File the record's events in its block: aggregatable ones in their group, the
         others to be sent one per record when the block starts."""
-        block = self._block_of(record)
+        if record is self._tracked:
+            block = self._tracked_block
+            assert block is not None
+        else:
+            block = self._block_of(record)
         offset = record.offset
         if offset < block.latest_added:
             block.reordered = True
@@ -227,28 +299,36 @@ class Aggregator:
             block.latest_added = offset
         account = record.account
         get_meter = self._catalog_for(account).get
+        groups = block.groups
+        seen = block.seen
+        minute_buckets = self._bucket_cache if self._minute_buckets else None
         for event in events:
             name = event["event_name"]
             meter = get_meter(name)
             if meter is None or meter.formula == "count" or meter.event_time_window:
                 block.direct.append((event, record))
                 continue
-            value_key = self._value_keys.get(name, self._value_key)
-            payload = event["payload"]
-            if len(payload) == 2:
-                rest = tuple(item for item in payload.items() if item[0] != value_key)
+            # The payload without its value, in C: a copy and a pop, sorted only when
+            # there are dimensions besides the customer.
+            rest_items = event["payload"].copy()
+            value = int(rest_items.pop(self._value_keys.get(name, self._value_key)))
+            if len(rest_items) == 1:
+                rest = tuple(rest_items.items())
             else:
-                rest = tuple(sorted(item for item in payload.items() if item[0] != value_key))
+                rest = tuple(sorted(rest_items.items()))
             stamp = event["timestamp"]
-            key = (account, name, rest, self._bucket_of(stamp))
+            bucket = minute_buckets.get(stamp[:16]) if minute_buckets is not None else None
+            key = (account, name, rest, bucket or self._bucket_of(stamp))
             identifier = event["identifier"]
-            seen = block.seen.get(identifier)
-            if seen is None:
-                block.seen[identifier] = offset
-            contribution = (offset, int(payload[value_key]), stamp, event, record, seen is None)
-            group = block.groups.get(key)
+            counted = identifier not in seen
+            if counted:
+                seen[identifier] = offset
+            else:
+                block.duplicates += 1
+            contribution = (offset, value, stamp, event, record, counted)
+            group = groups.get(key)
             if group is None:
-                block.groups[key] = [contribution]
+                groups[key] = [contribution]
             else:
                 group.append(contribution)
 
@@ -291,13 +371,14 @@ class Aggregator:
         now = self._clock()
         for entry in self._partitions.values():
             blocks = entry.blocks
-            if not blocks or blocks[-1].closed or not blocks[-1].records:
+            if not blocks or blocks[-1].closed or blocks[-1].records == 0:
                 continue
             block = blocks[-1]
             # A re-formed block (``end`` set) closes on its range, or when nothing more comes.
             timely = block.end is None and (pressed or now - block.opened_at >= self._max_seconds)
             if timely or caught_up(entry.state):
                 block.closed = True
+                self._check_bound(entry)
 
     def settle(self) -> None:
         """Drop started blocks whose every record is resolved (the cap moves on)."""
@@ -326,31 +407,41 @@ class Aggregator:
         """Fold the block's groups into aggregate events (call once its range is durable)."""
         block.started = True
         groups = _recounted(block.groups) if block.reordered else block.groups
+        # Without duplicates (the usual case) every contribution counts: no filtering.
+        every_one_counts = block.duplicates == 0 and not block.reordered
         events: list[tuple[MeterEventBody, AggregateRecord]] = []
         resolved: list[PendingRecord] = []
         summed: dict[str, int] = {}
         made: dict[str, int] = {}
         for key, group in groups.items():
-            counted = [c for c in group if c[_COUNTED]]
+            counted = group if every_one_counts else [c for c in group if c[_COUNTED]]
             if not counted:
-                resolved.extend(c[_RECORD] for c in group)
+                resolved.extend(map(_record_of, group))
                 continue
             meter = self._catalog_for(key[0]).get(key[1])
             if meter is not None and meter.formula == "last":
                 parts = [counted]
+                latest = max(counted, key=_latest)
+                values = [(latest[_VALUE], latest[_STAMP])]
             else:
-                total = sum(c[_VALUE] for c in counted)
-                parts = [counted] if -_VALUE_LIMIT < total < _VALUE_LIMIT else _sum_parts(counted)
+                total = sum(map(_value_of, counted))
+                if -_VALUE_LIMIT < total < _VALUE_LIMIT:
+                    parts = [counted]
+                    values = [(total, key[3])]
+                else:
+                    parts = _sum_parts(counted)
+                    values = [(sum(map(_value_of, part)), key[3]) for part in parts]
             for index, part in enumerate(parts):
-                event = self._aggregate(state, block, key, index, part)
+                value, stamp = values[index]
+                event = self._aggregate(state, block, key, index, value=value, stamp=stamp)
                 members = group if len(parts) == 1 else part
                 if len(parts) > 1 and index == 0:
                     members = part + [c for c in group if not c[_COUNTED]]
                 carrier = AggregateRecord(
                     state,
                     event["identifier"],
-                    [c[_RECORD] for c in members],
-                    [c[_EVENT] for c in members],
+                    list(map(_record_of, members)),
+                    list(map(_event_of, members)),
                 )
                 events.append((event, carrier))
             summed[key[1]] = summed.get(key[1], 0) + len(group)
@@ -369,18 +460,13 @@ class Aggregator:
         block: Block,
         key: AggregateKey,
         part: int,
-        contributions: list[Contribution],
+        *,
+        value: int,
+        stamp: str,
     ) -> MeterEventBody:
+        """One aggregate event: ``value`` at ``stamp``, its identifier from the block and key."""
         account, name, rest, bucket = key
         value_key = self._value_keys.get(name, self._value_key)
-        meter = self._catalog_for(account).get(name)
-        if meter is not None and meter.formula == "last":
-            latest = max(contributions, key=_latest)
-            value = latest[_VALUE]
-            stamp = latest[_STAMP]
-        else:
-            value = sum(c[_VALUE] for c in contributions)
-            stamp = bucket
         identity = [state.topic, state.partition, block.start, account, name, rest, bucket, part]
         payload = dict(rest)
         payload[value_key] = str(value)
@@ -417,13 +503,20 @@ class Aggregator:
         return tuple(entry.blocks) if entry is not None else ()
 
 
+def _at_bound(blocks: deque[Block]) -> bool:
+    """Two blocks in memory and the newer one closed: a third would have to open."""
+    return len(blocks) >= 2 and blocks[-1].closed
+
+
 def _resolved(state: PartitionOffsets, block: Block) -> bool:
     position = state.position()
     return position is not None and position > block.last
 
 
-def _offset_of(contribution: Contribution) -> int:
-    return contribution[_OFFSET]
+_offset_of: Callable[[Contribution], int] = itemgetter(_OFFSET)
+_value_of: Callable[[Contribution], int] = itemgetter(_VALUE)
+_event_of: Callable[[Contribution], MeterEventBody] = itemgetter(_EVENT)
+_record_of: Callable[[Contribution], PendingRecord] = itemgetter(_RECORD)
 
 
 def _latest(contribution: Contribution) -> tuple[str, int]:

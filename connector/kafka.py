@@ -225,6 +225,10 @@ class GroupConsumer:
     def resume(self, partitions: list[TopicPartition]) -> None:
         self._consumer.resume(partitions)
 
+    def seek(self, partition: TopicPartition) -> None:
+        """Fetch ``partition`` from its offset next (records fetched and not taken)."""
+        self._consumer.seek(partition)
+
     def close(self) -> None:
         """Leave the group (revoking what is left) and close the offsets reader (poll thread)."""
         self._closing = True

@@ -2,7 +2,8 @@
 
 Stripe limits the meter event stream per account (10,000 requests/s in livemode; its
 changelog also speaks of events/s, so both can be set). Each process takes an equal share:
-budget / (replicas * workers). A token bucket per dimension, one second of burst.
+budget / (replicas * workers). A token bucket per dimension, paced: no burst, so that no
+one-second window ever holds more than the budget (docs/stripe.md, "Rate limits").
 """
 
 from __future__ import annotations
@@ -18,17 +19,20 @@ _EPSILON = 1e-9
 
 
 class TokenBucket:
-    """``rate`` tokens per second, at most ``rate`` (one second's worth) in reserve."""
+    """``rate`` tokens per second, at most ``capacity`` in reserve (default: one second's
+    worth). A take larger than what is in reserve waits for ``capacity`` (or all of its
+    tokens, if fewer) and leaves the bucket in debt, so the rate holds for any size."""
 
     def __init__(
         self,
         rate: float,
         *,
+        capacity: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.rate = rate
-        self.capacity = max(rate, 1.0)
+        self.capacity = max(rate, 1.0) if capacity is None else capacity
         self._tokens = self.capacity
         self._clock = clock
         self._sleep = sleep
@@ -37,16 +41,16 @@ class TokenBucket:
 
     async def acquire(self, tokens: float = 1.0) -> None:
         """Wait until ``tokens`` are available, then take them (first come, first served)."""
-        tokens = min(tokens, self.capacity)
+        needed = min(tokens, self.capacity)
         async with self._lock:
             while True:
                 now = self._clock()
                 self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
                 self._updated = now
-                if self._tokens >= tokens - _EPSILON:
+                if self._tokens >= needed - _EPSILON:
                     self._tokens -= tokens
                     return
-                await self._sleep((tokens - self._tokens) / self.rate)
+                await self._sleep((needed - self._tokens) / self.rate)
 
 
 class RateLimiter:
@@ -66,13 +70,20 @@ class RateLimiter:
         self._sleep = sleep
         self._gate_until = 0.0
         share = config.replicas * workers
+        # Paced (one token in reserve): Stripe counts per second, and a bucket with a
+        # second's burst lets twice the budget into one second after any pause, each
+        # excess answered by a 429 whose Retry-After then holds the whole process.
         self.requests = (
-            TokenBucket(config.account_requests_per_second / share)
+            TokenBucket(
+                config.account_requests_per_second / share, capacity=1.0, clock=clock, sleep=sleep
+            )
             if config.account_requests_per_second
             else None
         )
         self.events = (
-            TokenBucket(config.account_events_per_second / share)
+            TokenBucket(
+                config.account_events_per_second / share, capacity=1.0, clock=clock, sleep=sleep
+            )
             if config.account_events_per_second
             else None
         )

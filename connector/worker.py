@@ -128,6 +128,8 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._lag = LagGauges(consumer, config.kafka.topics)
         self._paused = False
+        #: Partitions paused at their aggregation bound (two blocks held), by (topic, partition).
+        self._bounded: set[tuple[str, int]] = set()
         #: Partitions assigned since the last backpressure check: paused or resumed there.
         self._newly_assigned: list[TopicPartition] = []
         self._stopping = False
@@ -261,14 +263,14 @@ class Worker:
         partition = -1
         run = 0  # records tracked in the current run of one partition
         last_msg: Any = None
-        offset = -1
+        last_offset = offset = -1
         for msg in messages:
             if msg.error() is not None:
                 self._on_message_error(msg.error())
                 continue
             if msg.partition() != partition or msg.topic() != topic:  # a new run
                 if run and state is not None:
-                    state.last_offset, state.last_message = offset, last_msg
+                    state.last_offset, state.last_message = last_offset, last_msg
                     consumed[topic] = consumed.get(topic, 0) + run
                     run = 0
                 topic, partition = msg.topic(), msg.partition()
@@ -277,7 +279,9 @@ class Worker:
             if state is None or track is None:  # fetched before a revocation: not ours
                 continue
             offset = msg.offset()
-            last_msg = msg
+            if agg is not None and agg.holds_off(state, offset):
+                continue  # its partition holds two blocks: read again once one is done
+            last_msg, last_offset = msg, offset
             run += 1
             record = PendingRecord(msg, state, offset)
             track(record)
@@ -319,7 +323,7 @@ class Worker:
                 continue
             batcher_add(events, record)
         if run and state is not None:
-            state.last_offset, state.last_message = offset, last_msg
+            state.last_offset, state.last_message = last_offset, last_msg
             consumed[topic] = consumed.get(topic, 0) + run
         if consumed:
             # Not a sign that Kafka is up: these may have been fetched before it went away.
@@ -431,13 +435,13 @@ class Worker:
         if self._agg is None:  # the hot path: one call for the batch
             self._ledger.finish_each(batch.records)
         else:
-            finish = self._ledger.finish
+            answered: list[PendingRecord] = []
             for record in batch.records:
                 if isinstance(record, AggregateRecord):  # its answer answers every member
-                    for member in record.members:
-                        finish(member)
+                    answered += record.members
                 else:
-                    finish(record)
+                    answered.append(record)
+            self._ledger.finish_each(answered)
         metrics.EVENTS_SENT.inc(len(batch))
         metrics.BATCHES.labels("ok").inc()
         self.stats["events_sent"] += len(batch)
@@ -565,6 +569,34 @@ class Worker:
                     self._start_block(agg, state, block)
         if commit_due:
             self._lag.update(self._ledger.partitions.values(), loop)
+        self._bound_partitions(agg)
+
+    def _bound_partitions(self, agg: Aggregator) -> None:
+        """At most two blocks per partition: pause the partitions at their bound; once
+        their first block is done, read them again from the first record not taken."""
+        bounded = self._bounded
+        reached = [
+            TopicPartition(state.topic, state.partition)
+            for state in agg.at_bound()
+            if (state.topic, state.partition) not in bounded
+        ]
+        if reached:
+            self.consumer.pause(reached)
+            bounded.update((tp.topic, tp.partition) for tp in reached)
+        agg.settle()
+        for state, first in agg.released():
+            bounded.discard((state.topic, state.partition))
+            if first is not None:
+                self.consumer.seek(TopicPartition(state.topic, state.partition, first))
+            # DEBUG: under a backlog this happens once per block.
+            log.debug(
+                "%s-%d: a block is done, fetching again from %s",
+                state.topic,
+                state.partition,
+                "where it stopped" if first is None else f"offset {first}",
+            )
+            if not self._paused:  # else the end of the global pause resumes it
+                self.consumer.resume([TopicPartition(state.topic, state.partition)])
 
     async def _commit_durably(
         self,
@@ -634,8 +666,10 @@ class Worker:
             # DEBUG: under a backlog this cycles many times a second; the gauge tells.
             log.debug("paused fetching: %d records held until resolved", held)
         elif self._paused and held <= bound * RESUME_FRACTION and not blocked:
-            if partitions:
-                self.consumer.resume([TopicPartition(t, p) for t, p in partitions])
+            # Not the partitions paused at their aggregation bound: their blocks decide.
+            unbounded = [TopicPartition(t, p) for t, p in partitions if (t, p) not in self._bounded]
+            if unbounded:
+                self.consumer.resume(unbounded)
             self._paused = False
             metrics.PAUSED_PARTITIONS.set(0)
             log.debug("resumed fetching")
@@ -748,6 +782,7 @@ class Worker:
             abandoned = self._ledger.close(state)
             if self._agg is not None:
                 self._agg.forget(state)
+                self._bounded.discard((state.topic, state.partition))
             if abandoned:
                 log.warning(
                     "handing over %s-%d with %d unresolved records (left uncommitted; "

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import httpx
 import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -29,10 +30,12 @@ from tests.integration.aggregation_usage import (
     usage,
 )
 from tests.integration.harness import (
+    free_port,
     headers_of,
     produce,
     read_topic,
     run_meterstream,
+    scrape,
     wait_until,
 )
 from tests.integration.test_connector import World, world_factory  # noqa: F401 - fixture
@@ -179,3 +182,54 @@ def test_a_rebalance_moves_a_partition_mid_block_and_its_new_owner_re_forms_it(
     assert second.wait(120) == 0, second.log_tail()
     assert_billed_exactly(world.emulator, expected)
     world.assert_all_committed()
+
+
+def test_a_partition_holds_at_most_two_blocks_while_stripe_is_down_and_loses_nothing(
+    world_factory: Callable[..., World],  # noqa: F811
+) -> None:
+    """Stripe is down, the backlog is ten blocks deep and the global bound far away: the
+    partition holds its first block (sent, failing) and the next one (full), and takes
+    nothing more, though a fetch brings far more. Once Stripe is back, the records fetched
+    and not taken are read again: every figure is billed exactly, everything committed."""
+    max_records = 50
+    bound = 2 * max_records
+    world = world_factory(partitions=1, auto_meters=False, meters=METERS, outage=True)
+    expected = usage(10 * max_records, customers=4, hours=0.5)
+    assert produce(world.bootstrap, world.topic, expected.records) == len(expected.records)
+    port = free_port()
+    config = world.config(
+        # Blocks close on their size only (the backlog is never caught up while held).
+        aggregation={**AGGREGATION, "max_records": max_records, "max_seconds": 60},
+        meters=METERS_ON,
+        metrics={"enabled": True, "host": "127.0.0.1", "port": port},
+        logging={"level": "DEBUG"},
+    )
+    consumed = f'meterstream_records_consumed_total{{topic="{world.topic}"}}'
+
+    def figures() -> dict[str, float]:
+        try:
+            return scrape(port)
+        except httpx.TransportError:  # not listening yet
+            return {}
+
+    connector = world.connector(config, until_idle=1.5)
+    wait_until(
+        lambda: figures().get(consumed, 0) >= bound,
+        timeout=60,
+        what=f"the partition's two blocks to fill ({bound} records)",
+    )
+    # Not a wait for an event: a window in which nothing more may be taken.
+    watch_until = time.monotonic() + 3
+    while time.monotonic() < watch_until:
+        now = figures()
+        assert now[consumed] == bound, now[consumed]
+        assert now["meterstream_buffered_records"] <= bound, now
+    assert world.events()["accepted"] == 0, "Stripe is down"
+    world.emulator.configure(outage=False)
+
+    assert connector.wait(120) == 0, connector.log_tail()
+    assert_billed_exactly(world.emulator, expected)
+    world.assert_all_committed()
+    # A fetch brought records past the bound: they were read again from where it stopped.
+    log = connector.log_path.read_text(errors="replace")
+    assert f"{world.topic}-0: a block is done, fetching again from offset {bound}" in log

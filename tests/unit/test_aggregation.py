@@ -254,6 +254,30 @@ def test_blocks_close_on_size_age_catch_up_and_pressure_and_start_one_at_a_time(
     assert [b.closed for b in aggregator.blocks_of(state)] == [True]
 
 
+def test_a_partition_at_two_blocks_takes_nothing_more_until_the_first_is_done() -> None:
+    aggregator = _aggregator(max_records=2)
+    state = PartitionOffsets("usage", 0)
+    other = PartitionOffsets("usage", 1)
+    aggregator.assign(state, None)
+    aggregator.assign(other, None)
+    for offset in range(4):
+        _feed(aggregator, state, offset, _record(offset, at=NOW - HOUR))
+    assert aggregator.at_bound() == [state]
+    # Fetched past the bound: not taken, and the first of them is what to read again.
+    assert [aggregator.holds_off(state, o) for o in (4, 5)] == [True, True]
+    assert not aggregator.holds_off(other, 0)
+    [(_, head)] = aggregator.startable()
+    started = aggregator.start(state, head)
+    aggregator.settle()
+    assert aggregator.released() == []  # the first block is still in flight
+    _answer(started)
+    aggregator.settle()
+    assert aggregator.released() == [(state, 4)]
+    assert aggregator.at_bound() == []
+    assert not aggregator.holds_off(state, 4)
+    assert [b.start for b in aggregator.blocks_of(state)] == [2]
+
+
 def test_a_block_in_doubt_is_re_formed_to_its_recorded_end() -> None:
     aggregator = _aggregator(max_records=100)
     state = PartitionOffsets("usage", 0)

@@ -41,6 +41,45 @@ def test_bucket_allows_one_second_burst_then_the_rate() -> None:
     assert seen[1] == pytest.approx(5.0)  # then 10 per second
 
 
+def test_the_limiter_paces_so_that_no_second_holds_more_than_the_budget() -> None:
+    """95 % of 10 requests (100 events each) per second, after a long pause: never more
+    than 10 requests or 1,000 events start within any one second."""
+    time = VirtualTime()
+    limiter = RateLimiter(
+        RateLimitConfig(account_requests_per_second=9.5, account_events_per_second=950),
+        workers=1,
+        clock=time.clock,
+        sleep=time.sleep,
+    )
+    starts: list[float] = []
+
+    async def send(count: int) -> None:
+        for _ in range(count):
+            await limiter.acquire(100)
+            starts.append(time.now)
+
+    asyncio.run(send(40))
+    time.now += 30  # idle: nothing may be saved up for a burst
+    asyncio.run(send(40))
+    for first in starts:
+        assert sum(1 for t in starts if first <= t < first + 1) <= 10
+    # And the budget is used: 40 requests of 100 events at 950 events/s.
+    assert starts[39] == pytest.approx(39 * 100 / 950)
+
+
+def test_a_take_larger_than_the_reserve_leaves_the_bucket_in_debt() -> None:
+    time = VirtualTime()
+    bucket = TokenBucket(100, capacity=1.0, clock=time.clock, sleep=time.sleep)
+
+    async def take() -> None:
+        await bucket.acquire(250)  # at once: one token was in reserve
+        assert time.now == 0.0
+        await bucket.acquire(1)  # waits for the 249 owed, then one more
+        assert time.now == pytest.approx(2.5)
+
+    asyncio.run(take())
+
+
 def test_share_is_split_across_replicas_and_workers() -> None:
     limiter = RateLimiter(
         RateLimitConfig(
