@@ -246,6 +246,11 @@ class Aggregator:
             del self._held_off[state]
         return done
 
+    def hold_again(self, state: PartitionOffsets, first: int) -> None:
+        """``released`` named ``state`` but it could not be read again from ``first`` (the
+        seek failed): keep it held off, to be released (and sought) on a later turn."""
+        self._held_off[state] = first
+
     def _check_bound(self, entry: _Partition) -> None:
         if _at_bound(entry.blocks):
             self._held_off.setdefault(entry.state, None)

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from connector import concurrency, heap, metrics
 from connector.aggregation import AggregateRecord, Aggregator, Block
@@ -585,9 +585,21 @@ class Worker:
             bounded.update((tp.topic, tp.partition) for tp in reached)
         agg.settle()
         for state, first in agg.released():
-            bounded.discard((state.topic, state.partition))
             if first is not None:
-                self.consumer.seek(TopicPartition(state.topic, state.partition, first))
+                try:
+                    self.consumer.seek(TopicPartition(state.topic, state.partition, first))
+                except KafkaException as exc:
+                    # Still paused, nothing skipped is lost (no commit passes it): try again.
+                    log.warning(
+                        "%s-%d: could not read again from offset %d (%s); retrying",
+                        state.topic,
+                        state.partition,
+                        first,
+                        exc.args[0] if exc.args else exc,
+                    )
+                    agg.hold_again(state, first)
+                    continue
+            bounded.discard((state.topic, state.partition))
             # DEBUG: under a backlog this happens once per block.
             log.debug(
                 "%s-%d: a block is done, fetching again from %s",

@@ -273,6 +273,10 @@ def test_a_partition_at_two_blocks_takes_nothing_more_until_the_first_is_done() 
     _answer(started)
     aggregator.settle()
     assert aggregator.released() == [(state, 4)]
+    # The seek back failed: still held off, and released again (with the same offset) later.
+    aggregator.hold_again(state, 4)
+    assert aggregator.holds_off(state, 6)
+    assert aggregator.released() == [(state, 4)]
     assert aggregator.at_bound() == []
     assert not aggregator.holds_off(state, 4)
     assert [b.start for b in aggregator.blocks_of(state)] == [2]
