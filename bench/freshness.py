@@ -142,6 +142,14 @@ def _run(
     command = [sys.executable, "-m", "connector", "run", "--config", str(path)]
     env = {**os.environ, "STRIPE_API_KEY": API_KEY}
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # Kafka's own share of the lag, measured beside the connector (bench/kafka_lag.py).
+    kafka_lag = subprocess.Popen(
+        [sys.executable, "-m", "bench.kafka_lag", bootstrap, topic],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert kafka_lag.stdout is not None
+    kafka_lag.stdout.readline()  # "assigned N": it reads from the end, so from now on
     producer = _Producer(bootstrap, topic)
     load_before = os.getloadavg()
     try:
@@ -149,11 +157,19 @@ def _run(
         _await_accepted(control, producer.produced, START_TIMEOUT_SECONDS, process, log.name)
         control.reset_freshness()
         before = _request_histogram(port)
+        assert kafka_lag.stdin is not None
+        kafka_lag.stdin.write(f"from {time.time()}\n".encode())
+        kafka_lag.stdin.flush()
         steady = producer.steady(args.rate, args.seconds)
         _await_accepted(control, producer.produced, CATCH_UP_TIMEOUT_SECONDS, process, log.name)
         after = _request_histogram(port)
         freshness = control.freshness()
+        kafka, _ = kafka_lag.communicate(timeout=30)
+        kafka_only = orjson.loads(kafka)
     finally:
+        if kafka_lag.poll() is None:
+            kafka_lag.kill()
+            kafka_lag.wait()
         producer.close()
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -191,6 +207,8 @@ def _run(
         "events_per_request": freshness["events"] / max(rtt["requests"], 1),
         "target_p99_ms": target_ms,
         "target_met": p99_ms <= target_ms,
+        # The same distribution for a bare consumer beside the connector: Kafka's share.
+        "kafka_only": kafka_only,
         "load_average_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "histogram": freshness["histogram"],
     }
@@ -328,7 +346,9 @@ def _line(run: dict[str, Any]) -> str:
         f"{run['produced_per_second']:,.0f}/s; record -> accepted p50 {run['p50_ms']:.1f} ms, "
         f"p99 {run['p99_ms']:.1f} ms, max {run['max_ms']:.1f} ms; round trip "
         f"{run['round_trip_mean_ms']:.1f} ms mean, {run['events_per_request']:.0f} events "
-        f"per request; target p99 <= {run['target_p99_ms']:.1f} ms: {met} (verified)"
+        f"per request; target p99 <= {run['target_p99_ms']:.1f} ms: {met} (verified); "
+        f"Kafka alone (bare consumer): p50 {run['kafka_only']['p50_ms']:.1f} ms, "
+        f"p99 {run['kafka_only']['p99_ms']:.1f} ms, max {run['kafka_only']['max_ms']:.1f} ms"
     )
 
 
