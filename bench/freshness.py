@@ -46,6 +46,10 @@ WARM_UP_SECONDS = 5.0
 #: production. With 0, one produce request per record overwhelms a single local broker
 #: (seconds of delivery latency at 5,000 records/s on 2 cores).
 PRODUCER_LINGER_MS = 5
+#: Before the first setting, the fresh broker carries the same stream this long to a
+#: bare consumer: measured first, a setting's p99 was its JVM warming up (whichever
+#: setting came first missed by hundreds of ms, Kafka alone as much; docs/freshness.md).
+BROKER_WARM_UP_SECONDS = 20.0
 #: Bounds for the connector to start billing, and to bill what is left after production.
 START_TIMEOUT_SECONDS = 90.0
 CATCH_UP_TIMEOUT_SECONDS = 120.0
@@ -95,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         emulator.client() as control,
         tempfile.TemporaryDirectory(prefix="bench-freshness-") as scratch,
     ):
+        _warm_broker(bootstrap, args.rate, min(BROKER_WARM_UP_SECONDS, args.seconds))
         for linger in lingers:
             topic = f"bench-freshness-{uuid.uuid4().hex[:8]}"
             create_topics(bootstrap, {topic: PARTITIONS, f"{topic}.dlq": 1})
@@ -212,6 +217,31 @@ def _run(
         "load_average_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "histogram": freshness["histogram"],
     }
+
+
+def _warm_broker(bootstrap: str, rate: float, seconds: float) -> None:
+    """The stream at ``rate`` through a fresh broker to a bare consumer, not measured."""
+    from meterstream_local.localkafka import create_topics
+
+    topic = f"bench-freshness-warm-up-{uuid.uuid4().hex[:8]}"
+    create_topics(bootstrap, {topic: PARTITIONS})
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "bench.kafka_lag", bootstrap, topic],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    producer = _Producer(bootstrap, topic)
+    try:
+        assert consumer.stdout is not None
+        consumer.stdout.readline()  # assigned
+        producer.steady(rate, seconds)
+        consumer.communicate(timeout=30)
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.wait()
+        producer.close()
+    _say(f"broker warmed up for {seconds:.0f} s at {rate:,.0f} records/s")
 
 
 class _Producer:
