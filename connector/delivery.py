@@ -82,6 +82,10 @@ def _unheard(*_args: object) -> None:
     raise RuntimeError("Delivery has no listener: call listen() before deliver()")
 
 
+def _nothing() -> None:
+    return None
+
+
 class _RefusedError(Exception):
     """Stripe refused ``batch`` (the events actually sent) as invalid."""
 
@@ -135,6 +139,10 @@ class Delivery:
         self._room_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._on_accepted: OnAccepted = on_accepted or _unheard
         self._on_dead: OnDead = on_dead or _unheard
+        self._on_resting: Callable[[], None] = _nothing
+        #: Deliveries waiting out a 429's ``Retry-After``: they hold no place on the wire,
+        #: and the worker does not count them against the limit (docs/concurrency.md).
+        self.resting = 0
         self._sleep = sleep
         self._clock = clock
         self._wall_clock = wall_clock
@@ -152,10 +160,18 @@ class Delivery:
 
     # -- the public entry point ------------------------------------------------------
 
-    def listen(self, *, on_accepted: OnAccepted, on_dead: OnDead) -> None:
-        """Who is told of each outcome (the loop that owns the records)."""
+    def listen(
+        self,
+        *,
+        on_accepted: OnAccepted,
+        on_dead: OnDead,
+        on_resting: Callable[[], None] | None = None,
+    ) -> None:
+        """Who is told of each outcome (the loop that owns the records), and who hears that
+        a delivery began waiting out a 429 (``resting`` rose: room for another one)."""
         self._on_accepted = on_accepted
         self._on_dead = on_dead
+        self._on_resting = on_resting or _nothing
 
     async def deliver(self, batch: Batch) -> None:
         """Deliver a batch to the end: accepted, dead-lettered, or abandoned by cancellation."""
@@ -268,11 +284,28 @@ class Delivery:
             return await self._send_once(batch)
         except _RETRYABLE as exc:
             first_failure: BaseException | None = exc
+            last_failure: BaseException = exc
+
+        async def rest(seconds: float) -> None:
+            """Sleep out the wait; after a 429 as one of the ``resting`` deliveries."""
+            rate_limited = (
+                isinstance(last_failure, BackoffError) and last_failure.cause == "rate_limited"
+            )
+            if not rate_limited:
+                await self._sleep(seconds)
+                return
+            self.resting += 1
+            self._on_resting()
+            try:
+                await self._sleep(seconds)
+            finally:
+                self.resting -= 1
+
         retrying = AsyncRetrying(
             retry=_RETRY_ON,
             wait=self._wait,
             stop=stop_never,
-            sleep=self._sleep,
+            sleep=rest,
             before_sleep=self._before_sleep,
             reraise=True,
         )
@@ -281,7 +314,11 @@ class Delivery:
                 if first_failure is not None:
                     failure, first_failure = first_failure, None
                     raise failure
-                return await self._send_once(batch)
+                try:
+                    return await self._send_once(batch)
+                except _RETRYABLE as exc:
+                    last_failure = exc
+                    raise
         raise AssertionError("unreachable: tenacity retries forever or re-raises")
 
     async def _send_once(self, batch: Batch) -> tuple[Batch, str | None]:

@@ -102,7 +102,9 @@ class Worker:
         self._reports = reports
         self._reports_task: asyncio.Task[None] | None = None
         self._election = (config.kafka.topics[0], 0)
-        delivery.listen(on_accepted=self._accepted, on_dead=self._dead_letter)
+        delivery.listen(
+            on_accepted=self._accepted, on_dead=self._dead_letter, on_resting=self._dispatch
+        )
         dlq.listen(on_written=self._dead_letter_written)
         self._mapper = Mapper(config.mapping)
         self._max_bytes = config.records.max_bytes
@@ -412,7 +414,9 @@ class Worker:
     def _dispatch(self, *, force: bool = False) -> None:
         """Start requests for due batches while there is room in flight."""
         self._ready.extend(self._batcher.due(force=force))
-        limit = self._concurrency.limit
+        # A delivery waiting out a 429's Retry-After is not on the wire: counting it would
+        # leave its place empty for that second (docs/concurrency.md, "Retry-After").
+        limit = self._concurrency.limit + self._delivery.resting
         while self._ready and len(self._tasks) < limit:
             batch = self._ready.popleft()
             metrics.BATCH_SIZE.observe(len(batch))

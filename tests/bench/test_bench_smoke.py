@@ -124,3 +124,7 @@ def test_freshness_writes_its_figures_beside_the_others(
     assert run["histogram"][-1] == {"le": "+Inf", "count": run["events_measured"]}
     assert (tmp_path / "freshness.png").stat().st_size > 10_000
     assert "record -> accepted p50" in done.stdout
+    # Kafka's own share, from a bare consumer beside the connector: the steady records.
+    kafka = run["kafka_only"]
+    assert 0 < kafka["records"] <= run["records"]
+    assert 0 < kafka["p50_ms"] <= kafka["p99_ms"] <= kafka["max_ms"]

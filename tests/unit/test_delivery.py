@@ -352,3 +352,33 @@ def test_every_attempt_waits_for_room_under_the_concurrency_limit() -> None:
     assert on_the_wire["most"] == 1  # RecordingLimit.limit
     assert len(h.accepted) == 10
     assert h.delivery._attempts == 0
+
+
+def test_a_delivery_waiting_out_a_429_counts_as_resting_and_says_so() -> None:
+    """It holds no place on the wire while it waits: the worker starts another delivery in
+    its place (else a process whose requests were all refused sends nothing that second).
+    An outage's backoff is not resting: more deliveries would only meet the same outage."""
+    failures: list[Exception] = [
+        BackoffError("HTTP 503", cause="server_error", status=503),
+        BackoffError("429", cause="rate_limited", status=429, retry_after=1.0),
+        BackoffError("429", cause="rate_limited", status=429, retry_after=1.0),
+    ]
+    h = Harness(lambda _e, _s: failures.pop(0) if failures else None)
+    resting_during_sleep: list[int] = []
+    told: list[int] = []
+
+    async def sleep(seconds: float) -> None:
+        resting_during_sleep.append(h.delivery.resting)
+        h.now += seconds
+
+    h.delivery._sleep = sleep  # type: ignore[method-assign]
+    h.delivery.listen(
+        on_accepted=lambda batch, _rid: h.accepted.extend(e["identifier"] for e in batch.events),
+        on_dead=lambda *_args: None,
+        on_resting=lambda: told.append(h.delivery.resting),
+    )
+    h.run(_batch(1))
+    assert resting_during_sleep == [0, 1, 1]  # the 503's backoff, then each Retry-After
+    assert told == [1, 1]  # heard as each rest began
+    assert h.delivery.resting == 0
+    assert h.accepted == ["id-0"]
