@@ -168,6 +168,8 @@ class GroupConsumer:
         #: Aggregation: hand each newly assigned partition over with its committed offset
         #: and commit metadata (a block in doubt, docs/aggregation.md).
         self.read_committed_on_assign = False
+        #: Partitions paused through this consumer and not resumed since (see ``resume``).
+        self._paused: set[Key] = set()
         #: Set when close() starts: partitions assigned while leaving are never fetched.
         self._closing = False
         #: Why Kafka is unusable right now (for /readyz); written on the poll thread.
@@ -220,10 +222,23 @@ class GroupConsumer:
         return messages
 
     def pause(self, partitions: list[TopicPartition]) -> None:
+        """Stop fetching ``partitions`` (prefetched records of theirs are dropped)."""
         self._consumer.pause(partitions)
+        self._paused.update((tp.topic, tp.partition) for tp in partitions)
 
     def resume(self, partitions: list[TopicPartition]) -> None:
-        self._consumer.resume(partitions)
+        """Fetch again those of ``partitions`` that were paused; the others are left alone.
+
+        Resuming a partition that is not paused can restart its fetcher from a stale
+        position and deliver records already consumed again (librdkafka issue #4637): the
+        next owner's records billed twice, left to Stripe's dedupe. Paused stays paused
+        across a revocation (librdkafka keeps it), so a partition that comes back is
+        resumed if it was paused before."""
+        paused = [tp for tp in partitions if (tp.topic, tp.partition) in self._paused]
+        if not paused:
+            return
+        self._consumer.resume(paused)
+        self._paused.difference_update((tp.topic, tp.partition) for tp in paused)
 
     def seek(self, partition: TopicPartition) -> None:
         """Fetch ``partition`` from its offset next (records fetched and not taken)."""

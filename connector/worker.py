@@ -130,6 +130,8 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._lag = LagGauges(consumer, config.kafka.topics)
         self._paused = False
+        #: Records handed out again by librdkafka and skipped, in the current poll.
+        self._redelivered = 0
         #: Partitions paused at their aggregation bound (two blocks held), by (topic, partition).
         self._bounded: set[tuple[str, int]] = set()
         #: Partitions assigned since the last backpressure check: paused or resumed there.
@@ -265,25 +267,33 @@ class Worker:
         partition = -1
         run = 0  # records tracked in the current run of one partition
         last_msg: Any = None
-        last_offset = offset = -1
+        offset = taken = -1
         for msg in messages:
             if msg.error() is not None:
                 self._on_message_error(msg.error())
                 continue
             if msg.partition() != partition or msg.topic() != topic:  # a new run
                 if run and state is not None:
-                    state.last_offset, state.last_message = last_offset, last_msg
+                    state.last_offset, state.last_message = taken, last_msg
                     consumed[topic] = consumed.get(topic, 0) + run
                     run = 0
                 topic, partition = msg.topic(), msg.partition()
                 state = ledger.get(topic, partition)
                 track = state.pending.append if state is not None else None
+                # The last offset this assignment took. librdkafka can hand out records
+                # again after a pause and resume (seen for a partition with no committed
+                # offset: it fetched from the reset position again); taken twice, they
+                # would be sent twice, left to Stripe's dedupe.
+                taken = -1 if state is None or state.last_offset is None else state.last_offset
             if state is None or track is None:  # fetched before a revocation: not ours
                 continue
             offset = msg.offset()
+            if offset <= taken:
+                self._redelivered += 1
+                continue
             if agg is not None and agg.holds_off(state, offset):
                 continue  # its partition holds two blocks: read again once one is done
-            last_msg, last_offset = msg, offset
+            last_msg, taken = msg, offset
             run += 1
             record = PendingRecord(msg, state, offset)
             track(record)
@@ -325,8 +335,11 @@ class Worker:
                 continue
             batcher_add(events, record)
         if run and state is not None:
-            state.last_offset, state.last_message = last_offset, last_msg
+            state.last_offset, state.last_message = taken, last_msg
             consumed[topic] = consumed.get(topic, 0) + run
+        if self._redelivered:
+            log.debug("skipped %d records fetched again after a pause", self._redelivered)
+            self._redelivered = 0
         if consumed:
             # Not a sign that Kafka is up: these may have been fetched before it went away.
             self._last_activity = time.monotonic()
