@@ -48,14 +48,7 @@ def draw(results: dict[str, Any], path: Path) -> None:
 
 
 def _throughput(axes: Any, results: dict[str, Any]) -> None:
-    runs = results["runs"]
-    width = 0.8 / len(MODES)
-    for offset, (key, label) in enumerate(MODES):
-        values = [row[key]["events_per_second"] for row in runs]
-        xs = [i + (offset - (len(MODES) - 1) / 2) * width for i in range(len(runs))]
-        bars = axes.bar(xs, values, width, label=label)
-        axes.bar_label(bars, labels=[f"{v / 1000:,.1f}k" for v in values], fontsize=7)
-    axes.set_xticks(range(len(runs)), [f"+{row['latency_ms']:g} ms per request" for row in runs])
+    _bars_per_latency(axes, results["runs"], MODES, "events_per_second", "{:,.0f}")
     axes.set_yscale("log")
     axes.set_ylim(top=axes.get_ylim()[1] * 6)  # room for the legend above the bars
     axes.set_ylabel("events (records) per second")
@@ -64,21 +57,25 @@ def _throughput(axes: Any, results: dict[str, Any]) -> None:
 
 
 def _cpu(axes: Any, results: dict[str, Any]) -> None:
-    runs = results["runs"]
-    modes = [(key, label) for key, label in MODES if key != "ceiling"]
-    modes.insert(0, ("ceiling", "ceiling"))
-    width = 0.8 / len(modes)
-    for offset, (key, label) in enumerate(modes):
-        values = [row[key]["cpu_seconds_per_million"] for row in runs]
-        xs = [i + (offset - (len(modes) - 1) / 2) * width for i in range(len(runs))]
-        bars = axes.bar(xs, values, width, label=label)
-        axes.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=7)
+    _bars_per_latency(axes, results["runs"], MODES, "cpu_seconds_per_million", "{:.1f}")
     axes.axhline(CPU_TARGET, color="black", linestyle="--", linewidth=0.8)
     axes.annotate(f"target {CPU_TARGET:g}", (-0.45, CPU_TARGET), fontsize=7, va="bottom")
-    axes.set_xticks(range(len(runs)), [f"+{row['latency_ms']:g} ms per request" for row in runs])
     axes.set_ylabel("CPU-seconds per million events")
     axes.set_title("CPU per event (process tree, start-up included)", fontsize=9)
     axes.legend(fontsize=7, loc="upper left")
+
+
+def _bars_per_latency(
+    axes: Any, runs: list[dict[str, Any]], modes: tuple[tuple[str, str], ...], key: str, fmt: str
+) -> None:
+    """One group of bars per emulator latency, one bar per mode, each labelled."""
+    width = 0.8 / len(modes)
+    for offset, (mode, label) in enumerate(modes):
+        values = [row[mode][key] for row in runs]
+        xs = [i + (offset - (len(modes) - 1) / 2) * width for i in range(len(runs))]
+        bars = axes.bar(xs, values, width, label=label)
+        axes.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=7)
+    axes.set_xticks(range(len(runs)), [f"+{row['latency_ms']:g} ms per request" for row in runs])
 
 
 def _freshness_p99(axes: Any, freshness: dict[str, Any] | None) -> None:
