@@ -427,9 +427,13 @@ class Worker:
     def _dispatch(self, *, force: bool = False) -> None:
         """Start requests for due batches while there is room in flight."""
         self._ready.extend(self._batcher.due(force=force))
-        # A delivery waiting out a 429's Retry-After is not on the wire: counting it would
-        # leave its place empty for that second (docs/concurrency.md, "Retry-After").
-        limit = self._concurrency.limit + self._delivery.resting
+        limit = self._concurrency.limit
+        if self.config.batching.adaptive_concurrency:
+            # A delivery waiting out a 429's Retry-After is not on the wire: counting it
+            # would leave its place empty for that second. Another takes it, at most one
+            # per place the limit allows: a storm that refuses everything cuts the limit,
+            # and with it the replacements (docs/concurrency.md, "Retry-After").
+            limit += min(self._delivery.resting, limit)
         while self._ready and len(self._tasks) < limit:
             batch = self._ready.popleft()
             metrics.BATCH_SIZE.observe(len(batch))
