@@ -474,17 +474,9 @@ def _cpu_round(
     messages: list[Any], partitions: int, aggregate: bool, profiler: Any
 ) -> tuple[float, float, float]:
     """CPU seconds of (ingest, starting blocks, answering the batches) for one pass."""
-    from connector.concurrency import FixedConcurrency
+    from bench.hotpath import offline_worker
     from connector.config import MeterstreamConfig
-    from connector.health import HealthState
     from connector.meters import Meter, MeterCatalog
-    from connector.worker import Worker
-
-    class Stand:
-        """Stands in for Kafka, Stripe and the DLQ: nothing here reaches them."""
-
-        def listen(self, **_callbacks: Any) -> None:
-            """No request is ever sent."""
 
     config = MeterstreamConfig.model_validate(
         {
@@ -506,17 +498,7 @@ def _cpu_round(
         )
         for name, formula in ((SUM, "sum"), (LAST, "last"), (COUNT, "count"))
     )
-    stand: Any = Stand()
-    worker = Worker(
-        config,
-        health=HealthState(max_heartbeat_age=60),
-        consumer=stand,
-        delivery=stand,
-        limit=FixedConcurrency(64),
-        sessions=stand,
-        dlq=stand,
-        catalog=catalog,
-    )
+    worker = offline_worker(config, catalog)
     agg = worker._agg
     worker._ledger.assign(("usage", p) for p in range(partitions))
     for p in range(partitions):

@@ -39,15 +39,28 @@ RUN = 125
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
-class _Listener:
-    """Stands in for Delivery and the dead-letter queue: only ``listen`` is called."""
+class _StandIn:
+    """Stands in for Kafka, Stripe and the dead-letter queue: only ``listen`` is called,
+    and nothing reaches them."""
 
     def listen(self, **_callbacks: Any) -> None:
         """Nothing to remember: no request is ever sent."""
 
 
-class _Unused:
-    """Stands in for parts the ingest step never touches (consumer, sessions, health)."""
+def offline_worker(config: MeterstreamConfig, catalog: MeterCatalog) -> Worker:
+    """The real Worker with nothing behind it: ingest, batching and the ledger run, nothing
+    is consumed or sent (the in-process benchmarks feed it ``Message`` objects)."""
+    stand_in: Any = _StandIn()
+    return Worker(
+        config,
+        health=HealthState(max_heartbeat_age=60),
+        consumer=stand_in,
+        delivery=stand_in,
+        limit=FixedConcurrency(64),
+        sessions=stand_in,
+        dlq=stand_in,
+        catalog=catalog,
+    )
 
 
 def _messages(count: int, run: int = RUN) -> list[Message]:
@@ -91,18 +104,7 @@ def _worker() -> Worker:
         )
         for name, _low, _high in samples.METERS
     )
-    unused: Any = _Unused()
-    listener: Any = _Listener()
-    return Worker(
-        config,
-        health=HealthState(max_heartbeat_age=60),
-        consumer=unused,
-        delivery=listener,
-        limit=FixedConcurrency(64),
-        sessions=unused,
-        dlq=listener,
-        catalog=catalog,
-    )
+    return offline_worker(config, catalog)
 
 
 def _round(messages: list[Message], poll: int) -> tuple[float, float]:

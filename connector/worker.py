@@ -130,8 +130,6 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._lag = LagGauges(consumer, config.kafka.topics)
         self._paused = False
-        #: Records handed out again by librdkafka and skipped, in the current poll.
-        self._redelivered = 0
         #: Partitions paused at their aggregation bound (two blocks held), by (topic, partition).
         self._bounded: set[tuple[str, int]] = set()
         #: Partitions assigned since the last backpressure check: paused or resumed there.
@@ -267,7 +265,8 @@ class Worker:
         partition = -1
         run = 0  # records tracked in the current run of one partition
         last_msg: Any = None
-        offset = taken = -1
+        taken = -1
+        redelivered = 0  # records handed out again by librdkafka, skipped
         for msg in messages:
             if msg.error() is not None:
                 self._on_message_error(msg.error())
@@ -289,7 +288,7 @@ class Worker:
                 continue
             offset = msg.offset()
             if offset <= taken:
-                self._redelivered += 1
+                redelivered += 1
                 continue
             if agg is not None and agg.holds_off(state, offset):
                 continue  # its partition holds two blocks: read again once one is done
@@ -337,9 +336,8 @@ class Worker:
         if run and state is not None:
             state.last_offset, state.last_message = taken, last_msg
             consumed[topic] = consumed.get(topic, 0) + run
-        if self._redelivered:
-            log.debug("skipped %d records fetched again after a pause", self._redelivered)
-            self._redelivered = 0
+        if redelivered:
+            log.debug("skipped %d records fetched again after a pause", redelivered)
         if consumed:
             # Not a sign that Kafka is up: these may have been fetched before it went away.
             self._last_activity = time.monotonic()
