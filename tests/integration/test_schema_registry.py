@@ -13,14 +13,15 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from meterstream_local import samples
 from meterstream_local.emulator import EmulatorServer
-from meterstream_local.registry import LocalRegistry
 from meterstream_local.registry.encode import REGISTRY_MAPPING, UsageEncoder
+from tests.integration.forwarder import Forwarder
 from tests.integration.harness import (
     ConnectorProcess,
     ConnectorWorld,
@@ -152,18 +153,26 @@ def test_each_format_bills_exactly_and_dead_letters_every_bad_value(
 
 
 def test_a_registry_outage_holds_records_until_it_is_back(
-    world_factory: Callable[..., ConnectorWorld],
+    world_factory: Callable[..., ConnectorWorld], schema_registry_url: str
 ) -> None:
     world = world_factory()
-    with LocalRegistry() as local:
-        with UsageEncoder(local.url, "avro", world.topic) as encoder:
-            good, expected = _good_records(encoder, 120, "outage")
-        local.stop()  # in-memory storage: the schema is gone with it, and so is the registry
-        assert produce(world.bootstrap, world.topic, good) == len(good)
+    with UsageEncoder(schema_registry_url, "avro", world.topic) as encoder:
+        good, expected = _good_records(encoder, 120, "outage")
+    assert produce(world.bootstrap, world.topic, good) == len(good)
+    # The connector reaches the registry through a forwarder that is down from the start:
+    # the registry keeps its schemas, so the only answer it can give once back is the schema.
+    registry = urlsplit(schema_registry_url)
+    assert registry.hostname is not None, schema_registry_url
+    assert registry.port is not None, schema_registry_url
+    with Forwarder(registry.hostname, registry.port) as forwarder:
+        forwarder.stop()
         port = free_port()
         config = world.config(
             records={"format": "avro"},
-            schema_registry={"url": local.url, "request_timeout_seconds": 2},
+            schema_registry={
+                "url": f"http://127.0.0.1:{forwarder.port}{registry.path}",
+                "request_timeout_seconds": 2,
+            },
             mapping=REGISTRY_MAPPING,
             metrics={"enabled": True, "host": "127.0.0.1", "port": port},
         )
@@ -188,11 +197,7 @@ def test_a_registry_outage_holds_records_until_it_is_back(
         positions = committed(world.bootstrap, world.group_id, world.topic, world.partitions)
         assert set(positions.values()) <= {-1001, 0}, positions
 
-        local.start()  # same port, empty: a producer registers the schema again
-        _key, raw, _expected = next(samples.generate(1, bad_every=0))
-        with UsageEncoder(local.url, "avro", world.topic) as encoder:
-            again = encoder.encode_json(raw)
-        assert again[:5] == good[0][1][:5], "registered again under the same schema id"
+        forwarder.start()  # the registry is back, at the same URL
         code = process.wait(RUN_TIMEOUT_SECONDS)
         assert code == 0, f"exited {code}; log tail:\n{process.log_tail()}"
 
