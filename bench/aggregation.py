@@ -30,7 +30,7 @@ import tempfile
 import time
 import uuid
 import zlib
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
@@ -432,7 +432,7 @@ def _cpu(args: argparse.Namespace) -> int:
             value=value,
             timestamp=(1, int(time.time() * 1000)),
         )
-        for offset, partition, key, value in _partitioned(records, partitions)
+        for offset, partition, key, value in _in_runs(_partitioned(records, partitions))
     ]
     heap.tune_for_streaming()
     profiler = cProfile.Profile() if args.profile else None
@@ -468,6 +468,25 @@ def _partitioned(
         placed.append((next_offset[partition], partition, key, value))
         next_offset[partition] += 1
     return placed
+
+
+def _in_runs(placed: list[tuple[int, int, bytes, bytes]]) -> list[tuple[int, int, bytes, bytes]]:
+    """The same records in the order a consumer hands them out: runs of ``RUN`` records of
+    one partition, in offset order within each (what one fetch of a partition brought)."""
+    from bench.hotpath import RUN
+
+    queues: dict[int, deque[tuple[int, int, bytes, bytes]]] = {}
+    for item in placed:
+        queues.setdefault(item[1], deque()).append(item)
+    ordered: list[tuple[int, int, bytes, bytes]] = []
+    while queues:
+        for partition in list(queues):
+            queue = queues[partition]
+            for _ in range(min(RUN, len(queue))):
+                ordered.append(queue.popleft())
+            if not queue:
+                del queues[partition]
+    return ordered
 
 
 def _cpu_round(

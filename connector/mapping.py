@@ -51,6 +51,7 @@ from connector.config import MappingConfig
 from connector.errors import ConfigError, DeadLetterReason, RecordError
 from connector.identifiers import MAX_IDENTIFIER_LENGTH, identifier_for
 from connector.timestamps import (
+    MILLISECONDS_THRESHOLD,
     STRIPE_MAX_AGE_SECONDS,
     STRIPE_MAX_FUTURE_SECONDS,
     format_rfc3339_ms,
@@ -80,6 +81,9 @@ _SHOWN_CHARACTERS = 40
 #: Record shapes (key tuples) whose dimension keys are remembered; more are read field by
 #: field, so a producer with ever-new keys costs speed, never memory.
 _MAX_SHAPES = 64
+#: Epoch numbers below this magnitude (milliseconds: the year 33658) are read inline; any
+#: other number (NaN, infinities, an int too large for a float) takes the general path.
+_EPOCH_FAST_LIMIT = 1e15
 
 
 class MeterEventBody(TypedDict):
@@ -432,7 +436,8 @@ def _compile_single_event(mapper: Mapper) -> MapRecord:
 
     The rules and the order of the checks are ``Mapper``'s (module doc); what is compiled
     is only where things are looked up: closure cells instead of attributes, one slice
-    comparison for the wire timestamp shape, and the default dimensions found once per
+    comparison for the wire timestamp shape, epoch numbers within the window formatted
+    without the general parser, and the default dimensions found once per
     record shape (the tuple of a record's keys: one producer sends one or a few shapes).
     """
     flat = mapper._flat
@@ -553,6 +558,16 @@ def _compile_single_event(mapper: Mapper) -> MapRecord:
                 now = clock()
                 if now - STRIPE_MAX_AGE_SECONDS <= epoch <= now + STRIPE_MAX_FUTURE_SECONDS:
                     stamp = timestamp
+        elif (type(timestamp) is float or type(timestamp) is int) and (
+            -_EPOCH_FAST_LIMIT < timestamp < _EPOCH_FAST_LIMIT  # not NaN, inf or a huge int
+        ):
+            # Epoch seconds or milliseconds, as parse_timestamp reads them, when in the window.
+            epoch = float(timestamp)
+            if abs(epoch) >= MILLISECONDS_THRESHOLD:
+                epoch /= 1000.0
+            now = clock()
+            if now - STRIPE_MAX_AGE_SECONDS <= epoch <= now + STRIPE_MAX_FUTURE_SECONDS:
+                stamp = format_rfc3339_ms(epoch)
         if stamp is None:
             stamp = general_timestamp(timestamp, kafka_timestamp_ms)
         return [

@@ -56,8 +56,9 @@ def format_rfc3339_ms(epoch_seconds: float) -> str:
     if not math.isfinite(epoch_seconds):
         raise ValueError("epoch seconds must be finite")
     seconds, millis = divmod(round(epoch_seconds * 1000), 1000)
-    cached = _last_second
-    prefix = cached[1] if cached[0] == seconds else _second_prefix(seconds)
+    prefix = _prefixes.get(seconds)
+    if prefix is None:
+        prefix = _second_prefix(seconds)
     return f"{prefix}.{millis:03d}Z"
 
 
@@ -71,9 +72,9 @@ def expiry_cutoff(now: float, margin_seconds: float) -> str:
 
 
 def _second_prefix(seconds: int) -> str:
-    # Records arrive roughly in time order: one remembered second saves the gmtime + format
-    # for most of them. A tuple swap is atomic, so concurrent callers stay correct.
-    global _last_second
+    # Usage times repeat the same few thousand seconds (a backlog of an hour, records of
+    # many partitions interleaved): a remembered second saves a gmtime and a format, about
+    # a microsecond. Dict reads and writes are atomic, so concurrent callers stay correct.
     try:
         t = time.gmtime(seconds)
     except (OverflowError, OSError) as exc:
@@ -82,11 +83,16 @@ def _second_prefix(seconds: int) -> str:
         f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
         f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
     )
-    _last_second = (seconds, prefix)
+    if len(_prefixes) >= _PREFIX_CACHE_LIMIT:
+        _prefixes.clear()
+    _prefixes[seconds] = prefix
     return prefix
 
 
-_last_second: tuple[int, str] = (-(2**62), "")
+#: Whole seconds already written as ``YYYY-MM-DDTHH:MM:SS``; cleared beyond the limit, so a
+#: backlog spanning weeks costs a format per new second, never memory (about 1 MB).
+_PREFIX_CACHE_LIMIT = 10_000
+_prefixes: dict[int, str] = {}
 
 
 def is_canonical(value: str) -> bool:

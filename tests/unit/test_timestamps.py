@@ -128,13 +128,27 @@ _MS_2000_TO_2100 = st.integers(946_684_800_000, 4_102_444_800_000)
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_MS_2000_TO_2100, min_size=1, max_size=20))
 def test_format_matches_datetime_and_round_trips(millis: list[int]) -> None:
-    # A list, so the one-second cache is exercised by hits and misses alike.
+    # A list, so the cache of formatted seconds is exercised by hits and misses alike.
     for ms in millis:
         text = format_rfc3339_ms(ms / 1000)
         reference = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
         assert text == reference.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
         assert round(parse_timestamp(text) * 1000) == ms
         assert format_rfc3339_ms(parse_timestamp(text)) == text
+
+
+def test_the_cache_of_formatted_seconds_is_bounded_and_stays_right() -> None:
+    from connector import timestamps
+
+    start = 1_780_000_000
+    limit = timestamps._PREFIX_CACHE_LIMIT
+    for seconds in range(start, start + limit + 10):
+        assert len(timestamps._prefixes) <= limit
+        text = format_rfc3339_ms(seconds + 0.25)
+        assert text == datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.250Z")
+    # Cleared once full: the seconds before the clearing are formatted again, the same.
+    assert len(timestamps._prefixes) < limit
+    assert format_rfc3339_ms(start + 0.001) == "2026-05-28T20:26:40.001Z"
 
 
 @settings(max_examples=200, deadline=None)
