@@ -126,7 +126,8 @@ RETENTION_HEADROOM = Gauge(
 )
 PAUSED_PARTITIONS = Gauge(
     "meterstream_paused_partitions",
-    "Partitions paused by backpressure (too much work waiting for Stripe).",
+    "Partitions paused by backpressure (too much work waiting for Stripe, or a partition "
+    "holding two aggregation blocks).",
     multiprocess_mode="livesum",
 )
 BUFFERED_RECORDS = Gauge(

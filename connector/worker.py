@@ -602,6 +602,7 @@ class Worker:
         if reached:
             self.consumer.pause(reached)
             bounded.update((tp.topic, tp.partition) for tp in reached)
+            self._report_paused()
         agg.settle()
         for state, first in agg.released():
             if first is not None:
@@ -628,6 +629,7 @@ class Worker:
             )
             if not self._paused:  # else the end of the global pause resumes it
                 self.consumer.resume([TopicPartition(state.topic, state.partition)])
+            self._report_paused()
 
     async def _commit_durably(
         self,
@@ -693,7 +695,7 @@ class Worker:
             assignment = [TopicPartition(t, p) for t, p in partitions]
             self.consumer.pause(assignment)
             self._paused = True
-            metrics.PAUSED_PARTITIONS.set(len(assignment))
+            self._report_paused()
             # DEBUG: under a backlog this cycles many times a second; the gauge tells.
             log.debug("paused fetching: %d records held until resolved", held)
         elif self._paused and held <= bound * RESUME_FRACTION and not blocked:
@@ -702,8 +704,14 @@ class Worker:
             if unbounded:
                 self.consumer.resume(unbounded)
             self._paused = False
-            metrics.PAUSED_PARTITIONS.set(0)
+            self._report_paused()
             log.debug("resumed fetching")
+
+    def _report_paused(self) -> None:
+        """The gauge counts every partition not fetched: all of them while the global pause
+        lasts, else those held at their aggregation bound (one partition's pause must show)."""
+        paused = len(self._ledger.partitions) if self._paused else len(self._bounded)
+        metrics.PAUSED_PARTITIONS.set(paused)
 
     async def _await_room(self, seconds: float) -> None:
         """Wait until enough held records are released to resume fetching, or ``seconds``."""
@@ -814,6 +822,7 @@ class Worker:
             if self._agg is not None:
                 self._agg.forget(state)
                 self._bounded.discard((state.topic, state.partition))
+                self._report_paused()
             if abandoned:
                 log.warning(
                     "handing over %s-%d with %d unresolved records (left uncommitted; "
