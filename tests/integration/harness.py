@@ -74,11 +74,18 @@ def write_config(
     return path
 
 
-def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
-    """Produce and flush; return how many were acknowledged (any refusal fails)."""
+def produce(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes]],
+    *,
+    partition: int | None = None,
+) -> int:
+    """Produce and flush; return how many were acknowledged (any refusal fails).
+    ``partition`` sends every record there (else the key decides)."""
     from meterstream_local.localkafka import produce_all
 
-    return produce_all(bootstrap, topic, records, timeout=30)
+    return produce_all(bootstrap, topic, records, timeout=30, partition=partition)
 
 
 class ConnectorProcess:
@@ -264,6 +271,16 @@ def scrape(port: int) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             series[name] = float(value)
     return series
+
+
+def scrape_when_up(port: int) -> dict[str, float]:
+    """``scrape(port)``, or nothing while the connector's metrics server is not listening."""
+    import httpx
+
+    try:
+        return scrape(port)
+    except httpx.TransportError:
+        return {}
 
 
 def free_port() -> int:

@@ -12,7 +12,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-import httpx
 import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -35,7 +34,7 @@ from tests.integration.harness import (
     produce,
     read_topic,
     run_meterstream,
-    scrape,
+    scrape_when_up,
     wait_until,
 )
 from tests.integration.test_connector import World, world_factory  # noqa: F401 - fixture
@@ -206,22 +205,16 @@ def test_a_partition_holds_at_most_two_blocks_while_stripe_is_down_and_loses_not
     )
     consumed = f'meterstream_records_consumed_total{{topic="{world.topic}"}}'
 
-    def figures() -> dict[str, float]:
-        try:
-            return scrape(port)
-        except httpx.TransportError:  # not listening yet
-            return {}
-
     connector = world.connector(config, until_idle=1.5)
     wait_until(
-        lambda: figures().get(consumed, 0) >= bound,
+        lambda: scrape_when_up(port).get(consumed, 0) >= bound,
         timeout=60,
         what=f"the partition's two blocks to fill ({bound} records)",
     )
     # Not a wait for an event: a window in which nothing more may be taken.
     watch_until = time.monotonic() + 3
     while time.monotonic() < watch_until:
-        now = figures()
+        now = scrape_when_up(port)
         assert now[consumed] == bound, now[consumed]
         assert now["meterstream_buffered_records"] <= bound, now
     assert world.events()["accepted"] == 0, "Stripe is down"

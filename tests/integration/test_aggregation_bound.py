@@ -15,13 +15,10 @@ is thirty times more: the outcome does not depend on the machine's speed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
 
-import httpx
 import orjson
 import pytest
-from confluent_kafka import Producer
 
 from tests.integration.aggregation_usage import (
     AGGREGATION,
@@ -34,7 +31,13 @@ from tests.integration.aggregation_usage import (
     billed_totals,
     usage,
 )
-from tests.integration.harness import end_offsets, free_port, scrape, wait_until
+from tests.integration.harness import (
+    end_offsets,
+    free_port,
+    produce,
+    scrape_when_up,
+    wait_until,
+)
 from tests.integration.test_connector import World, world_factory  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
@@ -48,27 +51,6 @@ PAUSED = "meterstream_paused_partitions"
 IN_FLIGHT = "meterstream_requests_in_flight"
 HELD_CUSTOMERS = 3
 FLOWING_CUSTOMERS = ("cus_flowing_a", "cus_flowing_b")
-
-
-def produce_to(
-    bootstrap: str, topic: str, partition: int, records: Iterable[tuple[bytes, bytes]]
-) -> int:
-    """Produce to one partition explicitly (keys alone would leave it to the hash)."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all"})
-    refused: list[str] = []
-
-    def report(err: Any, _msg: Any) -> None:
-        if err is not None:
-            refused.append(str(err))
-
-    count = 0
-    for key, value in records:
-        producer.produce(topic, key=key, value=value, partition=partition, on_delivery=report)
-        producer.poll(0)
-        count += 1
-    assert producer.flush(30) == 0, "records left unsent"
-    assert not refused, refused[:3]
-    return count
 
 
 def flowing_usage(count: int) -> Expected:
@@ -119,7 +101,7 @@ def test_a_partition_held_at_its_bound_does_not_stop_the_others(
         fault_scope="stream",  # sessions are not slowed: only the requests that bill
     )
     held = usage(BACKLOG_BLOCKS * MAX_RECORDS, customers=HELD_CUSTOMERS, hours=0.5)
-    assert produce_to(world.bootstrap, world.topic, 0, held.records) == len(held.records)
+    assert produce(world.bootstrap, world.topic, held.records, partition=0) == len(held.records)
     held_sum = sum(total for (meter, _customer), total in held.totals.items() if meter == SUM)
     port = free_port()
     config = world.config(
@@ -130,12 +112,6 @@ def test_a_partition_held_at_its_bound_does_not_stop_the_others(
     )
     consumed = f'meterstream_records_consumed_total{{topic="{world.topic}"}}'
 
-    def figures() -> dict[str, float]:
-        try:
-            return scrape(port)
-        except httpx.TransportError:  # not listening yet
-            return {}
-
     def billed_of_held() -> int:
         totals = billed_totals(world.emulator)
         return sum(totals.get(key, 0) for key in held.totals if key[0] == SUM)
@@ -144,18 +120,20 @@ def test_a_partition_held_at_its_bound_does_not_stop_the_others(
     # Partition 1 is empty (caught up, never at a bound), and the global bound is far:
     # the one paused partition is partition 0, at its bound.
     wait_until(
-        lambda: figures().get(PAUSED, 0) == 1,
+        lambda: scrape_when_up(port).get(PAUSED, 0) == 1,
         timeout=60,
         what="partition 0 paused at its bound (meterstream_paused_partitions 1)",
     )
     flowing = flowing_usage(10)
-    assert produce_to(world.bootstrap, world.topic, 1, flowing.records) == len(flowing.records)
+    assert produce(world.bootstrap, world.topic, flowing.records, partition=1) == len(
+        flowing.records
+    )
 
     # Partition 0 has one request on the wire at a time (its first block's, answered after
     # LATENCY_MS): a second one in flight is partition 1's. Read in this order, partition
     # 0 still unbilled means its first block was unanswered when the figures were taken.
     def second_request() -> tuple[dict[str, float], int] | None:
-        now = figures()
+        now = scrape_when_up(port)
         held_billed = billed_of_held()
         return (now, held_billed) if now.get(IN_FLIGHT, 0) >= 2 or held_billed else None
 

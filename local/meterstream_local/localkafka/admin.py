@@ -97,12 +97,13 @@ def produce_all(
     records: Iterable[tuple[bytes | None, bytes]],
     *,
     timeout: float = 120.0,
+    partition: int | None = None,
 ) -> int:
     """Produce ``(key, value)`` records as fast as the producer takes them, then flush.
 
     Returns how many were written; raises ``LocalKafkaError`` if any is still unsent after
     ``timeout`` or was refused. The producer is closed before returning (not when the
-    broker has gone).
+    broker has gone). ``partition`` sends every record there (else the key decides).
     """
     from confluent_kafka import Producer
 
@@ -113,11 +114,12 @@ def produce_all(
         if err is not None:
             refused.append(str(err))
 
+    placed = -1 if partition is None else partition  # -1: the partitioner decides
     count = 0
     for key, value in records:
         while True:
             try:
-                producer.produce(topic, key=key, value=value, on_delivery=report)
+                producer.produce(topic, key=key, value=value, partition=placed, on_delivery=report)
                 break
             except BufferError:  # the local queue is full: let deliveries drain it
                 producer.poll(0.05)
