@@ -21,7 +21,6 @@ file are kept).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import random
 import signal
@@ -40,7 +39,7 @@ import orjson
 import psutil
 import yaml
 
-from bench.run import _ceiling, _free_port
+from bench.run import _ceiling, _free_port, tree_rss_mb
 
 API_KEY = "sk_test_bench"
 IDLE_SECONDS = 2.0
@@ -290,18 +289,11 @@ def _run(
         command += ["--until-idle", str(IDLE_SECONDS), "--workers", str(args.workers)]
         started = time.monotonic()
         process = subprocess.Popen(command, env={**os.environ, "STRIPE_API_KEY": API_KEY})
-        # Sampled, not wait4's ru_maxrss: the child is forked from this process, which
-        # holds the whole backlog, and Linux reports as the child's peak the high-water
-        # mark of the memory it shared with this process until exec.
         root = psutil.Process(process.pid)
         peak = 0.0
         deadline = started + 1800
         while process.poll() is None:
-            total = 0.0
-            for proc in [root, *root.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):  # it may exit meanwhile
-                    total += proc.memory_info().rss / 2**20
-            peak = max(peak, total)
+            peak = max(peak, tree_rss_mb(root)[0])
             if time.monotonic() > deadline:
                 process.kill()
                 raise SystemExit("meterstream did not finish within 30 minutes")
@@ -518,8 +510,6 @@ def _cpu_round(
             event_name=name,
             status="active",
             formula=formula,  # type: ignore[arg-type]
-            customer_payload_key="stripe_customer_id",
-            value_payload_key="value",
         )
         for name, formula in ((SUM, "sum"), (LAST, "last"), (COUNT, "count"))
     )

@@ -78,12 +78,23 @@ def _bars_per_latency(
     axes.set_xticks(range(len(runs)), [f"+{row['latency_ms']:g} ms per request" for row in runs])
 
 
+def _measured_runs(
+    axes: Any, title: str, figures: dict[str, Any] | None, command: str
+) -> list[dict[str, Any]] | None:
+    """Title the panel; its runs, or None after saying which command measures them."""
+    axes.set_title(title, fontsize=9)
+    if not figures or not figures.get("runs"):
+        axes.text(0.5, 0.5, f"not measured ({command})", ha="center")
+        return None
+    runs: list[dict[str, Any]] = figures["runs"]
+    return runs
+
+
 def _freshness_p99(axes: Any, freshness: dict[str, Any] | None) -> None:
-    axes.set_title("freshness: record timestamp -> accepted", fontsize=9)
-    if not freshness or not freshness.get("runs"):
-        axes.text(0.5, 0.5, "not measured (python -m bench.freshness)", ha="center")
+    title = "freshness: record timestamp -> accepted"
+    runs = _measured_runs(axes, title, freshness, "python -m bench.freshness")
+    if freshness is None or runs is None:
         return
-    runs = freshness["runs"]
     labels = [f"linger {run['linger_ms']} ms" for run in runs]
     xs = range(len(runs))
     for offset, (key, label) in enumerate((("p50_ms", "p50"), ("p99_ms", "p99"))):
@@ -100,11 +111,10 @@ def _freshness_p99(axes: Any, freshness: dict[str, Any] | None) -> None:
 
 
 def _adaptive(axes: Any, adaptive: dict[str, Any] | None) -> None:
-    axes.set_title("one account limit R, four processes (after the first 10 s)", fontsize=9)
-    if not adaptive or not adaptive.get("runs"):
-        axes.text(0.5, 0.5, "not measured (python -m bench.adaptive)", ha="center")
+    title = "one account limit R, four processes (after the first 10 s)"
+    runs = _measured_runs(axes, title, adaptive, "python -m bench.adaptive")
+    if runs is None:
         return
-    runs = adaptive["runs"]
     labels = [
         ("adaptive" if run.get("adaptive") else "fixed 64") + (", kill" if run.get("kill") else "")
         for run in runs

@@ -99,8 +99,6 @@ def _worker() -> Worker:
             event_name=name,
             status="active",
             formula="sum",
-            customer_payload_key="stripe_customer_id",
-            value_payload_key="value",
         )
         for name, _low, _high in samples.METERS
     )

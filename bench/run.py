@@ -256,15 +256,8 @@ def _meterstream(
         done_at: float | None = None
         control = httpx.Client(base_url=url, timeout=5)
         while process.poll() is None:
-            total = 0.0
-            for proc in [root, *root.children(recursive=True)]:
-                try:
-                    rss = proc.memory_info().rss / 2**20
-                except psutil.Error:
-                    continue
-                total += rss
-                peak_single = max(peak_single, rss)
-            peak_total = max(peak_total, total)
+            total, largest = tree_rss_mb(root)
+            peak_total, peak_single = max(peak_total, total), max(peak_single, largest)
             now = time.monotonic()
             if now - last_scrape > 0.5:
                 last_scrape = now
@@ -329,6 +322,22 @@ def _percentile(buckets: dict[str, float], q: float) -> float | None:
             return lower_bound + (bound - lower_bound) * share
         lower_bound, lower_count = bound, count
     return ordered[-1][0]
+
+
+def tree_rss_mb(root: psutil.Process) -> tuple[float, float]:
+    """RSS in MB of ``root`` with its children: (all together, the largest process).
+
+    Sampled while it runs: ``wait4``'s ``ru_maxrss`` for a child forked from a benchmark is
+    the benchmark's own high-water mark, not the child's."""
+    total = largest = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            rss = proc.memory_info().rss / 2**20
+        except psutil.Error:  # it exited meanwhile
+            continue
+        total += rss
+        largest = max(largest, rss)
+    return total, largest
 
 
 def _free_port() -> int:

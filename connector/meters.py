@@ -61,8 +61,8 @@ class Meter:
     event_name: str
     status: str  # "active" or "inactive"
     formula: Formula
-    customer_payload_key: str
-    value_payload_key: str
+    customer_payload_key: str = DEFAULT_CUSTOMER_KEY
+    value_payload_key: str = DEFAULT_VALUE_KEY
     #: "hour", "day" or None: Stripe keeps only the latest event per customer and window.
     event_time_window: str | None = None
 

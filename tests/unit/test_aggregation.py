@@ -28,8 +28,6 @@ def _meter(name: str, formula: str, window: str | None = None) -> Meter:
         event_name=name,
         status="active",
         formula=formula,  # type: ignore[arg-type]
-        customer_payload_key="stripe_customer_id",
-        value_payload_key="value",
         event_time_window=window,
     )
 

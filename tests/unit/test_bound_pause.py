@@ -62,8 +62,6 @@ def _worker(consumer: _Consumer) -> Worker:
                 event_name="api_requests",
                 status="active",
                 formula="sum",
-                customer_payload_key="stripe_customer_id",
-                value_payload_key="value",
             )
         ]
     )

@@ -27,8 +27,6 @@ def meter(name: str, formula: str = "sum") -> Meter:
         event_name=name,
         status="active",
         formula=formula,  # type: ignore[arg-type]
-        customer_payload_key="stripe_customer_id",
-        value_payload_key="value",
     )
 
 
