@@ -4,8 +4,9 @@ partition held at its two blocks under a backlog never stops another from being 
 Real broker, real emulator over loopback, the connector as a process. Stripe answers every
 stream request after ``LATENCY_MS``, decided when the request arrives. Partition 0's blocks
 go out one at a time, so while its first block's request waits, partition 0 is held at its
-bound and has nothing billed. Partition 1's request on the wire in that time (a second
-request in flight: partition 0 never has two) shows that partition 1 was fetched, blocked
+bound and has nothing billed. Partition 1's records are produced once that request is on
+the wire; partition 1's request on the wire in that time (a second request in flight:
+partition 0 never has two) shows that partition 1 was fetched, blocked
 and sent while partition 0 was held; a connector that stopped the other partitions too
 would send it only once partition 0's first block was answered. Partition 1 takes a small
 fraction of a second to get there (0.06 s measured, 0.16 s with a core busy), the latency
@@ -117,12 +118,20 @@ def test_a_partition_held_at_its_bound_does_not_stop_the_others(
         return sum(totals.get(key, 0) for key in held.totals if key[0] == SUM)
 
     connector = world.connector(config, until_idle=1.5)
+
     # Partition 1 is empty (caught up, never at a bound), and the global bound is far:
-    # the one paused partition is partition 0, at its bound.
+    # the one paused partition is partition 0, at its bound. Its first block's request must
+    # be on the wire before partition 1 has records: batches carry any partitions' events,
+    # and partition 1's, ready before that request left (a slow session start), would
+    # travel in it rather than in a request of their own.
+    def held_and_sent() -> bool:
+        now = scrape_when_up(port)
+        return now.get(PAUSED, 0) == 1 and now.get(IN_FLIGHT, 0) == 1
+
     wait_until(
-        lambda: scrape_when_up(port).get(PAUSED, 0) == 1,
+        held_and_sent,
         timeout=60,
-        what="partition 0 paused at its bound (meterstream_paused_partitions 1)",
+        what="partition 0 paused at its bound with its first block's request in flight",
     )
     flowing = flowing_usage(10)
     assert produce(world.bootstrap, world.topic, flowing.records, partition=1) == len(
@@ -140,7 +149,10 @@ def test_a_partition_held_at_its_bound_does_not_stop_the_others(
     now, held_billed = wait_until(
         second_request, timeout=60, what="partition 1's request or partition 0's first answer"
     )
-    assert held_billed == 0, "partition 1 was sent only once partition 0's first block was done"
+    assert held_billed == 0, (
+        "partition 1 was sent only once partition 0's first block was done; log tail:\n"
+        + connector.log_tail()
+    )
     assert now[IN_FLIGHT] == 2, now
     assert now[PAUSED] == 1, "partition 0 is held at its bound, partition 1 is not paused"
     # Partition 0 took its two blocks and nothing more; partition 1's records were taken.
